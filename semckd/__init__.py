@@ -4,14 +4,34 @@ Public API::
 
     from semckd import SemCKD, FeatureTap, discover_stages, create_model, list_models
     from semckd import build_distiller, list_methods, Distiller
+
+Attributes are imported lazily so ``semckd --help`` and light submodules load fast.
 """
 
-from .features import FeatureTap, discover_stages
-from .models import create_model, list_models, register_model
-from .semckd import SemCKD
-from .methods import Distiller, build_distiller, list_methods, register_method
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Distiller", "FeatureTap", "SemCKD", "build_distiller", "create_model", "discover_stages",
-           "list_methods", "list_models", "register_method", "register_model", "__version__"]
+_EXPORTS = {
+    "SemCKD": "semckd.semckd",
+    "FeatureTap": "semckd.features",
+    "discover_stages": "semckd.features",
+    "create_model": "semckd.models",
+    "list_models": "semckd.models",
+    "register_model": "semckd.models",
+    "Distiller": "semckd.methods",
+    "build_distiller": "semckd.methods",
+    "list_methods": "semckd.methods",
+    "register_method": "semckd.methods",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'semckd' has no attribute {name!r}")
