@@ -27,8 +27,20 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _resolve(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrap_name(name: str, modules: dict[str, nn.Module]) -> str:
+    """Drop DDP/compile prefixes (``module.layer1`` → ``layer1``) that names copied from a wrapper carry."""
+    while name not in modules and name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
+def _resolve(model: nn.Module, names: Sequence[str]) -> tuple[list[str], list[nn.Module]]:
+    """Map names to modules of the unwrapped model; returns the unwrapped names and the modules."""
     modules = dict(unwrap(model).named_modules())
+    names = [_unwrap_name(n, modules) for n in names]
     missing = [n for n in names if n not in modules]
     if missing:
         sample = ", ".join(list(k for k in modules if k)[:12])
@@ -36,7 +48,7 @@ def _resolve(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
             f"no module named {missing[0]!r} in {type(unwrap(model)).__name__}; "
             f"use names from model.named_modules() (e.g. {sample}, ...)"
         )
-    return [modules[n] for n in names]
+    return names, [modules[n] for n in names]
 
 
 class FeatureTap:
@@ -64,15 +76,18 @@ class FeatureTap:
                     f"{type(base).__name__} declares no stage_names; pass names=... or use "
                     "semckd.discover_stages(model, example_input)"
                 )
-        self.names = list(names)
-        self.input_names = list(input_of)
+        self.names, out_mods = _resolve(base, names)
+        self.input_names, in_mods = _resolve(base, input_of)
         self.detach = detach
         self._out: list[torch.Tensor | None] = [None] * len(self.names)
         self._in: list[torch.Tensor | None] = [None] * len(self.input_names)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        for i, mod in enumerate(_resolve(base, self.names)):
+        # a new forward pass of the whole model starts empty, so a module that did not run this time
+        # raises instead of silently returning the previous batch's activation
+        self._handles.append(base.register_forward_pre_hook(lambda _m, _i: self.clear()))
+        for i, mod in enumerate(out_mods):
             self._handles.append(mod.register_forward_hook(self._make_out_hook(i)))
-        for i, mod in enumerate(_resolve(base, self.input_names)):
+        for i, mod in enumerate(in_mods):
             self._handles.append(mod.register_forward_pre_hook(self._make_in_hook(i)))
 
     def _make_out_hook(self, i: int):
@@ -92,7 +107,7 @@ class FeatureTap:
 
     @staticmethod
     def _collect(items: list[torch.Tensor | None], names: list[str]) -> list[torch.Tensor]:
-        for n, t in zip(names, items):
+        for n, t in zip(names, items, strict=True):
             if t is None:
                 raise RuntimeError(f"module {n!r} did not run in the last forward pass; check the tap names")
         return list(items)  # type: ignore[arg-type]
@@ -131,8 +146,9 @@ def discover_stages(model: nn.Module, example_input: torch.Tensor) -> list[str]:
     """Find stage outputs: the last module to finish at each spatial resolution in one dry run.
 
     Forward hooks fire when a module *finishes*, so a block container (``layer1``) finishes after its
-    children and is picked over them. 1×1 maps (global pooling) are not stages. The model's train/eval
-    mode is restored afterwards; BN statistics are not touched (the dry run is in eval mode).
+    children and is picked over them. 1×1 maps (global pooling) are not stages. Every module's train/eval
+    mode is restored afterwards; BN statistics are not touched (the dry run is in eval mode). Names are
+    those of the unwrapped model (no ``module.`` prefix under DDP).
     """
     base = unwrap(model)
     order: list[tuple[str, tuple[int, int]]] = []
@@ -148,12 +164,13 @@ def discover_stages(model: nn.Module, example_input: torch.Tensor) -> list[str]:
                 order.append((name, (int(out.shape[-2]), int(out.shape[-1]))))
 
         handles.append(mod.register_forward_hook(hook))
-    was_training = base.training
+    modes = {m: m.training for m in base.modules()}  # per module: e.g. a frozen BN stays in eval
     base.eval()
     try:
         base(example_input)
     finally:
-        base.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
         for h in handles:
             h.remove()
     stages: list[str] = []
