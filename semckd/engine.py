@@ -1,0 +1,687 @@
+"""The training loop: method-agnostic, resumable, DDP-aware.
+
+The engine knows a distillation method only through the :class:`~semckd.methods.Distiller` protocol:
+``forward(images, targets, index) -> (logits, {name: weighted loss})`` plus optional hooks. Training a
+teacher is the same loop with method ``vanilla`` and no teacher, so both commands share every feature
+(AMP, channels-last, DDP, exact resume, metrics).
+
+Exact resume: a checkpoint is written only at an epoch boundary and holds the student, the method's own
+modules (``extras_state_dict``), optimizer, scheduler, grad scaler and all RNG states; the data
+loaders derive their order and augmentation from ``(seed, epoch)``. On CPU in deterministic mode a run
+stopped after epoch k and resumed ends with the same weights, bit for bit, as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from . import distributed as D
+from .checkpoint import (
+    FORMAT,
+    atomic_copy,
+    atomic_save,
+    atomic_write_text,
+    capture_rng,
+    load_checkpoint,
+    load_state_dict_checked,
+    load_teacher,
+    restore_rng,
+    split_checkpoint,
+)
+from .config import TrainConfig, config_diff
+from .errors import UserError
+
+__all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "run.json")
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN/inf; training stopped before any checkpoint could be overwritten."""
+
+
+# ---------------------------------------------------------------------- small helpers
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` → this process's GPU when there is one, else CPU. ``cuda`` → ``cuda:LOCAL_RANK``."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec} requested but CUDA is not available; use --device cpu")
+        return torch.device(spec) if ":" in spec else torch.device("cuda", local_rank)
+    if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps requested but MPS is not available; use --device cpu")
+    return torch.device(spec)
+
+
+def _info(info: Any, key: str) -> Any:
+    return info[key] if isinstance(info, dict) else getattr(info, key)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)  # all devices
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of a run; the caller's global settings are restored."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark)
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    else:
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[1], prev[2]
+
+
+def _amp_dtype(amp: str) -> torch.dtype | None:
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def lr_factor(epoch_index: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr for 0-based ``epoch_index`` (what LambdaLR calls).
+
+    Multistep matches the authors' ``adjust_learning_rate``: epochs 1..150 at lr, 151..180 at 0.1·lr...
+    """
+    f = 1.0
+    if cfg.schedule == "multistep":
+        f = cfg.lr_decay ** sum(epoch_index >= m for m in cfg.milestones)
+    elif cfg.schedule == "cosine":
+        f = 0.5 * (1.0 + math.cos(math.pi * min(epoch_index, cfg.epochs) / cfg.epochs))
+    if cfg.warmup_epochs and epoch_index < cfg.warmup_epochs:
+        f *= (epoch_index + 1) / cfg.warmup_epochs
+    return f
+
+
+def _method_names(spec: str) -> list[str]:
+    return [n.strip() for n in spec.split("+") if n.strip()]
+
+
+def _check_method_args(spec: str, args: dict[str, Any]) -> None:
+    """Reject unknown method options by name with a close match (before any model is built)."""
+    from .methods import get_method, method_options
+
+    names = _method_names(spec)
+    for n in names:
+        get_method(n)  # unknown method → ValueError listing valid ones
+    groups = [(names[0], args)] if len(names) == 1 else []
+    if len(names) > 1:
+        for k, v in args.items():
+            if k not in names:
+                raise UserError(f"options for {spec!r} are keyed by method name ({', '.join(names)}), e.g. "
+                                f"--method-args {names[0]}.{k}=...; got {k!r}")
+            if not isinstance(v, dict):
+                raise UserError(f"--method-args {k}=... must hold that method's options (e.g. {k}.beta=1)")
+            groups.append((k, v))
+    for n, opts in groups:
+        valid = sorted(method_options(n))
+        for k in opts:
+            if k not in valid:
+                close = difflib.get_close_matches(k, valid, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid options: {', '.join(valid)}"
+                raise UserError(f"method {n!r} has no option {k!r}; {hint}")
+
+
+def _needs_teacher(spec: str) -> bool:
+    from .methods import get_method
+
+    return any(get_method(n).needs_teacher for n in _method_names(spec))
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return (top == targets[:, None]).any(dim=1).sum()
+
+
+# ---------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = "none",
+             observer: Any = None, observe_batch: int | None = None,
+             env: D.DistEnv | None = None) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean CE of ``model`` on ``loader``, summed over DDP ranks.
+
+    ``observer`` (a distiller with ``observe``) sees every test batch — only full batches of
+    ``observe_batch`` when its modules are tied to one batch size.
+    """
+    env = env or D.DistEnv()
+    was = model.training
+    model.eval()
+    dt = torch.float32 if device.type == "mps" else torch.float64
+    sums = torch.zeros(4, dtype=dt, device=device)  # loss, top1, top5, n
+    dtype = _amp_dtype(amp)
+    try:
+        for batch in loader:
+            images, targets = batch[0], batch[1]
+            with _autocast(device, dtype):
+                logits = model(images)
+            sums[0] += F.cross_entropy(logits.float(), targets, reduction="sum").to(dt)
+            sums[1] += (logits.argmax(1) == targets).sum().to(dt)
+            sums[2] += topk_correct(logits, targets, 5).to(dt)
+            sums[3] += targets.numel()
+            if observer is not None and (observe_batch is None or images.shape[0] == observe_batch):
+                with _autocast(device, dtype):
+                    observer.observe(images, targets)
+    finally:
+        model.train(was)
+    D.all_reduce_sum(sums, env)
+    loss, c1, c5, n = (float(x) for x in sums.tolist())
+    if n == 0:
+        raise UserError("the test set is empty; check --dataset / --data-dir")
+    return {"test_loss": loss / n, "test_acc": 100.0 * c1 / n, "test_top5": 100.0 * c5 / n, "test_n": int(n)}
+
+
+# ---------------------------------------------------------------------- run folder
+def _check_run_dir(cfg: TrainConfig) -> list[Path]:
+    """Refuse to write over another run; ``--resume`` needs its checkpoint.
+
+    Returns the files ``--force`` will delete — only once the new run has been set up without error, so
+    a typo in a forced command does not destroy the old run for nothing.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {cfg.out!r} is a file; pass a folder")
+    if cfg.resume:
+        if not (out / "last.pt").is_file():
+            raise UserError(f"--resume: no checkpoint at {str(out / 'last.pt')!r}; "
+                            "run without --resume to start")
+        saved = out / "config.yaml"
+        if saved.is_file():
+            old = yaml.safe_load(saved.read_text()) or {}
+            diff = config_diff(old, cfg.to_dict())
+            if diff:
+                raise UserError(f"--resume: the settings differ from the run in {cfg.out!r} "
+                                f"({'; '.join(diff[:3])}); keep the settings or use another --out")
+        return []
+    present = [out / n for n in RUN_FILES if (out / n).exists()]
+    if not present or cfg.force:
+        return present
+    diff: list[str] = []
+    if (out / "config.yaml").is_file():
+        with contextlib.suppress(yaml.YAMLError):
+            diff = config_diff(yaml.safe_load((out / "config.yaml").read_text()) or {}, cfg.to_dict())
+    if diff:
+        raise UserError(f"--out {cfg.out!r} holds another run ({'; '.join(diff[:3])}); choose another --out, "
+                        "or pass --force to replace it")
+    raise UserError(f"--out {cfg.out!r} already holds this run; pass --resume to continue it, --force to "
+                    "start over, or choose another --out")
+
+
+class _Metrics:
+    """metrics.jsonl (+ TensorBoard if installed), written by rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, keep_upto: int | None) -> None:
+        self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if keep_upto is not None and self.path.exists():  # resume: drop epochs after the checkpoint
+            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= keep_upto]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:  # optional dependency
+                self.tb = None
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, rec["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------------- training
+class _Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+
+    # -- logging (rank 0)
+    def note(self, msg: str) -> None:
+        if self.env.is_main:
+            print(f"semckd: {msg}", file=sys.stderr, flush=True)
+
+    def say(self, msg: str) -> None:
+        if self.env.is_main and not self.cfg.quiet:
+            print(msg, flush=True)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        from .data import build_data
+        from .methods import BuildContext, build_distiller
+        from .models import create_model
+
+        spec = cfg.method_spec
+        _check_method_args(spec, cfg.method_args)
+        device_type = "cuda" if (cfg.device.startswith("cuda") or
+                                 (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
+        self.env = env = D.init(device_type)
+        self.device = device = resolve_device(cfg.device, env.local_rank)
+        if cfg.batch_size % env.world_size:
+            raise UserError(f"--batch-size {cfg.batch_size} does not split over {env.world_size} processes; "
+                            f"use a multiple of {env.world_size}")
+        self.batch = cfg.batch_size // env.world_size
+        self.to_delete = D.broadcast_error(lambda: _check_run_dir(cfg), env) or []
+        self.resume_ckpt = None
+        if cfg.resume:
+            self.resume_ckpt = load_checkpoint(self.out / "last.pt", "resume checkpoint")
+            if not isinstance(self.resume_ckpt, dict) or self.resume_ckpt.get("format") != FORMAT:
+                raise UserError(f"--resume: {str(self.out / 'last.pt')!r} is not a semckd training "
+                                "checkpoint")
+
+        _seed_all(cfg.seed)
+        eval_bs = cfg.eval_batch_size or self.batch
+        self.train_loader, self.test_loader, info = build_data(
+            cfg.dataset, cfg.data_dir, self.batch, device=device, download=cfg.download,
+            limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=False, seed=cfg.seed,
+            rank=env.rank, world_size=env.world_size, channels_last=cfg.channels_last, workers=cfg.workers,
+            augment=cfg.augment)
+        self.info = info
+        self.num_classes = int(_info(info, "num_classes"))
+        self.in_channels = int(_info(info, "in_channels"))
+        num_train = int(_info(info, "num_train"))
+        if len(self.train_loader) == 0:
+            raise UserError(f"no training batches (dataset {cfg.dataset!r} has {num_train} training images "
+                            f"for {env.world_size} process(es)); lower --batch-size or raise --limit-train")
+        example = next(iter(self.train_loader))[0]
+
+        _seed_all(cfg.seed)  # model init does not depend on how the loaders used the RNG
+        student = create_model(cfg.model, num_classes=self.num_classes, in_channels=self.in_channels)
+        teacher = None
+        self.teacher_meta: dict[str, Any] = {}
+        if _needs_teacher(spec):
+            if not cfg.teacher:
+                raise UserError(f"method {spec!r} needs a teacher; pass --teacher CHECKPOINT "
+                                "(train one with `semckd train-teacher`)")
+            teacher, self.teacher_meta = load_teacher(
+                cfg.teacher, arch=cfg.teacher_model, num_classes=self.num_classes,
+                in_channels=self.in_channels, dataset=cfg.dataset)
+        elif cfg.teacher:
+            self.note(f"method {spec!r} uses no teacher; ignoring --teacher {cfg.teacher}")
+        mf = torch.channels_last if cfg.channels_last else torch.preserve_format
+        student.to(device, memory_format=mf)
+        if teacher is not None:
+            teacher.to(device, memory_format=mf)
+        ctx = BuildContext(example_input=example, batch_size=self.batch, num_classes=self.num_classes,
+                           num_samples=num_train)
+        distiller = build_distiller(spec, student, teacher, ctx, cfg.method_args)
+        distiller.to(device, memory_format=mf)
+        self.distiller = distiller
+        self.student = student
+
+        # a method tied to one batch size (SemCKD's faithful mode) gets only full batches
+        self.fixed = distiller.fixed_batch_size
+        if self.fixed is not None:
+            from .methods import method_options
+
+            hint = (" or --method-args mode=batch_free" if len(_method_names(spec)) == 1
+                    and "mode" in method_options(spec) else "")
+            if self.fixed != self.batch:
+                good = self.fixed * env.world_size
+                raise UserError(f"method {spec!r} is built for batch size {self.fixed} but each process "
+                                f"trains with {self.batch}; use --batch-size {good}{hint}")
+            per_rank = num_train // env.world_size
+            if per_rank < self.fixed:
+                raise UserError(f"method {spec!r} needs full batches of {self.fixed} but each process has "
+                                f"only {per_rank} training images; lower --batch-size or raise --limit-train"
+                                f"{hint}")
+            if per_rank % self.fixed:
+                self.note(f"method {spec!r} is tied to batch size {self.fixed}: the last partial training "
+                          f"batch ({per_rank % self.fixed} images per process) is dropped every epoch")
+
+        params = distiller.trainable_parameters()
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
+        self.amp_dtype = _amp_dtype(cfg.amp)
+        self.scaler = (torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and device.type == "cuda" else None)
+        self.start_epoch = 1
+        self.best_acc = 0.0
+        self.best_epoch = 0
+        if self.resume_ckpt is not None:
+            self._load_resume(self.resume_ckpt)
+
+        if cfg.compile:
+            student.compile()
+            if teacher is not None:
+                teacher.compile()
+        self.model: nn.Module = distiller
+        if env.enabled:
+            self.model = nn.parallel.DistributedDataParallel(
+                distiller, device_ids=[device.index] if device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=cfg.find_unused_parameters)
+        if env.is_main:
+            if self.to_delete:  # --force
+                for p in self.to_delete:
+                    p.unlink(missing_ok=True)
+                shutil.rmtree(self.out / "tb", ignore_errors=True)
+                self.note(f"--force: replaced the previous run in {cfg.out}")
+            self.out.mkdir(parents=True, exist_ok=True)
+            cfg.save_yaml(self.out / "config.yaml")
+        self.metrics = _Metrics(self.out, env.is_main, cfg.tensorboard,
+                                keep_upto=self.start_epoch - 1 if cfg.resume else None)
+        self.num_params = sum(p.numel() for p in student.parameters())
+
+    def _load_resume(self, ck: dict[str, Any]) -> None:
+        sd, _ = split_checkpoint(ck)
+        load_state_dict_checked(self.student, sd, f"resume checkpoint in {self.cfg.out!r}", self.cfg.model,
+                                getattr(self.student, "head_name", None))
+        try:
+            self.distiller.load_extras_state_dict(ck.get("extras") or {})
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UserError(f"--resume: checkpoint does not match this method/config ({e})") from None
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        self.start_epoch = int(ck["epoch"]) + 1
+        self.best_acc = float(ck.get("best_acc", 0.0))
+        self.best_epoch = int(ck.get("best_epoch", 0))
+        self.rng_to_restore = ck.get("rng")
+        self.note(f"resuming {self.cfg.out} after epoch {int(ck['epoch'])} (best {self.best_acc:.2f}%)")
+
+    # -- checkpoints
+    def _state(self, epoch: int, test: dict[str, float]) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "format": FORMAT,
+            "model": cfg.model,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "dataset": cfg.dataset,
+            "method": cfg.method_spec,
+            "teacher": cfg.teacher,
+            "teacher_model": self.teacher_meta.get("model"),
+            "student": self.student.state_dict(),
+            "extras": self.distiller.extras_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": capture_rng(),
+            "epoch": epoch,
+            "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
+            "test_acc": test["test_acc"],
+            "config": cfg.to_dict(),
+        }
+
+    def _save(self, epoch: int, test: dict[str, float], improved: bool) -> None:
+        if not self.env.is_main:
+            return
+        due = epoch % self.cfg.save_every == 0 or epoch == self.cfg.epochs
+        if not (due or improved):
+            return
+        state = self._state(epoch, test)
+        if due:
+            atomic_save(state, self.out / "last.pt")
+            self.last_saved = epoch
+        if improved:
+            if due:
+                atomic_copy(self.out / "last.pt", self.out / "best.pt")
+            else:
+                atomic_save(state, self.out / "best.pt")
+
+    # -- one epoch
+    def _check_finite(self, sums: torch.Tensor, names: list[str], epoch: int, step: int) -> None:
+        bad = (~torch.isfinite(sums[:1])).to(torch.float32)
+        D.all_reduce_max(bad, self.env)
+        if bad.item() == 0:
+            return
+        terms = [n for i, n in enumerate(names) if not math.isfinite(float(sums[3 + i]))]
+        last = getattr(self, "last_saved", self.start_epoch - 1)
+        kept = (f"the last good checkpoint {str(self.out / 'last.pt')!r} (epoch {last}) is kept"
+                if last >= 1 else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"loss became non-finite at epoch {epoch}, step {step} (terms: {', '.join(terms) or 'total'}); "
+            f"training stopped and {kept}; lower --lr or the method's loss weights")
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg, env, device = self.cfg, self.env, self.device
+        self.model.train()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch - 1)  # loaders count epochs from 0 (like DistributedSampler)
+        if hasattr(self.distiller, "on_epoch_start"):
+            self.distiller.on_epoch_start(epoch)
+        names: list[str] = []
+        sums: torch.Tensor | None = None  # total loss, correct, n, per-term losses
+        check_every = 1 if device.type == "cpu" else cfg.log_every
+        show = env.is_main and not cfg.quiet and sys.stderr.isatty()
+        bar = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                       dynamic_ncols=True, file=sys.stderr)
+        t0 = time.perf_counter()
+        step = 0
+        for batch in self.train_loader:
+            images, targets = batch[0], batch[1]
+            index = batch[2] if len(batch) > 2 else None
+            if self.fixed is not None and images.shape[0] != self.fixed:
+                continue
+            step += 1
+            with _autocast(device, self.amp_dtype):
+                logits, losses = self.model(images, targets, index)
+            if not losses:
+                raise UserError(f"method {cfg.method_spec!r} returned no loss terms")
+            loss = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.optimizer.step()
+            with torch.no_grad():
+                b = images.shape[0]
+                if sums is None:
+                    names = list(losses)
+                    sums = torch.zeros(3 + len(names), dtype=torch.float64 if device.type != "mps"
+                                       else torch.float32, device=device)
+                vals = torch.stack([loss.detach().float(), (logits.argmax(1) == targets).sum().float(),
+                                    torch.tensor(float(b), device=device)]
+                                   + [losses[n].detach().float() for n in names])
+                vals[0] *= b
+                vals[3:] *= b
+                sums += vals.to(sums.dtype)
+            if step % check_every == 0:
+                self._check_finite(sums, names, epoch, step)
+            if bar is not None:
+                bar.update(1)
+                if step % cfg.log_every == 0:
+                    s = sums.tolist()
+                    bar.set_postfix(loss=f"{s[0] / s[2]:.3f}", acc=f"{100 * s[1] / s[2]:.1f}",
+                                    img_s=f"{s[2] * env.world_size / (time.perf_counter() - t0):.0f}")
+        if bar is not None:
+            bar.close()
+        if sums is None:
+            raise UserError("no full training batch this epoch; lower --batch-size or raise --limit-train")
+        self._check_finite(sums, names, epoch, step)
+        train_time = time.perf_counter() - t0
+        D.all_reduce_sum(sums, env)
+        D.average_buffers(self.student, env)
+        s = sums.tolist()
+        n = s[2]
+        rec: dict[str, Any] = {"train_loss": s[0] / n, "train_acc": 100.0 * s[1] / n}
+        for i, name in enumerate(names):
+            rec[f"train_{name}"] = s[3 + i] / n
+        rec["train_images"] = int(n)
+        rec["images_per_s"] = n / max(train_time, 1e-9)
+        return rec
+
+    def fit(self) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        if self.start_epoch > cfg.epochs:
+            self.note(f"{cfg.out} already finished {self.start_epoch - 1} epochs; "
+                      "raise --epochs to train more")
+        if getattr(self, "rng_to_restore", None) is not None:
+            restore_rng(self.rng_to_restore)
+        if self.start_epoch == 1:
+            self.say(f"training {cfg.model} ({self.num_params / 1e6:.2f}M params) with {cfg.method_spec} on "
+                     f"{cfg.dataset} for {cfg.epochs} epochs on {self.device}"
+                     + (f" x{env.world_size} processes" if env.enabled else "") + f" → {cfg.out}")
+        observer = self.distiller if hasattr(self.distiller, "observe") else None
+        t_start = time.perf_counter()
+        last_test: dict[str, float] = {}
+        for epoch in range(self.start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            rec = self._train_epoch(epoch)
+            self.scheduler.step()
+            if observer is not None:
+                self.distiller.eval()
+            try:
+                test = evaluate(self.student, self.test_loader, self.device, amp=cfg.amp, observer=observer,
+                                observe_batch=self.fixed, env=env)
+            finally:
+                self.distiller.train()
+            pop = getattr(observer, "pop_summary", None) if observer is not None else None
+            extras = pop() if pop is not None else None
+            improved = test["test_acc"] > self.best_acc or self.best_epoch == 0
+            if improved:
+                self.best_acc, self.best_epoch = test["test_acc"], epoch
+            self._save(epoch, test, improved)
+            line = {"epoch": epoch, "lr": lr, **rec,
+                    "test_loss": test["test_loss"], "test_acc": test["test_acc"]}
+            if self.num_classes > 5:
+                line["test_top5"] = test["test_top5"]
+            line.update(best_acc=self.best_acc, epoch_time_s=time.perf_counter() - t0)
+            if extras:
+                line["extras"] = extras
+            self.metrics.write(line)
+            last_test = test
+            self.say(f"epoch {epoch:>3}/{cfg.epochs}  lr {lr:.4g}  loss {rec['train_loss']:.4f}  "
+                     f"train {rec['train_acc']:.2f}%  test {test['test_acc']:.2f}% "
+                     f"(best {self.best_acc:.2f}%)  "
+                     f"{rec['images_per_s']:.0f} img/s  {line['epoch_time_s']:.1f}s")
+        divergence = D.param_divergence(self.student, env)
+        if env.enabled and divergence > 0:
+            self.note(f"warning: student parameters differ across processes (max |diff| {divergence:.3g})")
+        summary = {
+            "kind": cfg.kind, "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method_spec,
+            "teacher": cfg.teacher, "teacher_model": self.teacher_meta.get("model"),
+            "epochs": cfg.epochs, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+            "final_acc": last_test.get("test_acc"), "final_top5": last_test.get("test_top5"),
+            "num_params": self.num_params, "world_size": env.world_size, "device": str(self.device),
+            "train_time_s": time.perf_counter() - t_start, "ddp_param_max_abs_diff": divergence,
+        }
+        if env.is_main:
+            run_json = self.out / "run.json"
+            if not last_test and run_json.exists():  # nothing trained now: keep the finished run's summary
+                summary = json.loads(run_json.read_text())
+            else:
+                atomic_write_text(run_json, json.dumps(summary, indent=2) + "\n")
+            self.say(f"done: best test accuracy {self.best_acc:.2f}% (epoch {self.best_epoch}); "
+                     f"checkpoints in {cfg.out}")
+        return summary
+
+    def close(self) -> None:
+        m = getattr(self, "metrics", None)
+        if m is not None:
+            m.close()
+        d = getattr(self, "distiller", None)
+        if d is not None and hasattr(d, "remove_taps"):
+            d.remove_taps()
+        env = getattr(self, "env", None)
+        if env is not None:
+            D.shutdown(env)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) the training described by ``cfg``; returns the run.json summary."""
+    trainer = _Trainer(cfg)
+    with _determinism(cfg.deterministic):
+        try:
+            trainer.setup()
+            return trainer.fit()
+        finally:
+            trainer.close()
+
+
+# ---------------------------------------------------------------------- eval command
+def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str | None = None,
+                        model: str | None = None, batch_size: int = 256, device: str = "auto",
+                        amp: str = "none") -> dict[str, Any]:
+    """Accuracy of a saved network (semckd checkpoint, or plain state_dict with ``model``) on a test set."""
+    from .data import build_data
+    from .models import create_model
+
+    obj = load_checkpoint(path)
+    sd, meta = split_checkpoint(obj, path)
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    arch = meta.get("model") if isinstance(meta.get("model"), str) else None
+    if model and arch and model.lower() != arch.lower():
+        raise UserError(f"checkpoint {path!r} holds a {arch} but --model says {model}; drop --model")
+    arch = arch or model
+    if not arch:
+        raise UserError(f"checkpoint {path!r} does not name its architecture; pass --model NAME")
+    dataset = dataset or meta.get("dataset") or cfg.get("dataset")
+    if not dataset:
+        raise UserError(f"checkpoint {path!r} does not name its dataset; pass --dataset NAME")
+    data_dir = data_dir or cfg.get("data_dir") or "data"
+    dev = resolve_device(device)
+    _, test_loader, info = build_data(dataset, data_dir, batch_size, device=dev, eval_batch_size=batch_size,
+                                      augment=False, limit_train=1)
+    ncls, cin = int(_info(info, "num_classes")), int(_info(info, "in_channels"))
+    if "num_classes" in meta and int(meta["num_classes"]) != ncls:
+        raise UserError(f"checkpoint {path!r} has {int(meta['num_classes'])} classes but {dataset} has "
+                        f"{ncls}; evaluate on the dataset it was trained on")
+    net = create_model(arch, num_classes=ncls, in_channels=cin)
+    load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, getattr(net, "head_name", None))
+    net.to(dev)
+    t0 = time.perf_counter()
+    res = evaluate(net, test_loader, dev, amp=amp)
+    res.update(model=arch, dataset=dataset, checkpoint=str(path), eval_time_s=time.perf_counter() - t0)
+    if ncls <= 5:
+        res.pop("test_top5")
+    return res

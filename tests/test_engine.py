@@ -1,0 +1,222 @@
+"""Engine: schedule, config layering, run folder contents, hooks, teacher handling, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from engine_helpers import TINY, TinyNet, make_fashion_mnist, register_probe_methods, register_tiny
+
+from semckd import engine
+from semckd.checkpoint import (
+    FORMAT,
+    atomic_save,
+    capture_rng,
+    load_checkpoint,
+    load_teacher,
+    restore_rng,
+)
+from semckd.config import TrainConfig, default_lr, resolve_config
+from semckd.engine import NonFiniteLossError, evaluate_checkpoint, lr_factor
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    register_tiny()
+    register_probe_methods()
+    return str(make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=256, n_test=100))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core box
+    yield
+    torch.set_num_threads(n)
+
+
+def cfg(data_dir: str, out: Path, kind: str = "distill", **kw) -> TrainConfig:
+    flags = dict(dataset="fashion_mnist", data_dir=data_dir, model=TINY, epochs=1, batch_size=32,
+                 out=str(out), device="cpu", quiet=True, tensorboard=False, milestones=[], method="engine_probe")
+    if kind == "teacher":
+        flags.pop("method")
+    flags.update(kw)
+    return resolve_config(kind, flags=flags)[0]
+
+
+def run(c: TrainConfig) -> engine._Trainer:
+    t = engine._Trainer(c)
+    with engine._determinism(c.deterministic):
+        try:
+            t.setup()
+            t.summary = t.fit()
+        finally:
+            t.close()
+    return t
+
+
+# ---------------------------------------------------------------------- schedule & config
+def test_multistep_schedule_matches_authors():
+    c = TrainConfig(model="x", lr=0.05)  # paper defaults: 240 epochs, ×0.1 after 150/180/210
+    # the authors decay when epoch (1-based) > milestone; LambdaLR sees the 0-based index
+    lrs = [0.05 * lr_factor(e - 1, c) for e in (1, 150, 151, 180, 181, 210, 211, 240)]
+    assert lrs == pytest.approx([0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005, 0.00005, 0.00005])
+    c = TrainConfig(model="x", lr=0.1, schedule="cosine", epochs=10, warmup_epochs=2)
+    f = [lr_factor(e, c) for e in range(10)]
+    assert f[0] == pytest.approx(0.5 * 0.5 * (1 + torch.cos(torch.tensor(0.0)).item()))
+    assert f[2] > f[5] > f[9] > 0
+
+
+def test_paper_defaults_and_low_lr_students():
+    c, _ = resolve_config("distill", flags={"model": "resnet8x4"})
+    assert (c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.milestones, c.lr_decay) == (
+        0.05, 0.9, 5e-4, 64, 240, [150, 180, 210], 0.1)
+    assert default_lr("MobileNetV2") == 0.01 and default_lr("ShuffleV1") == 0.01 and default_lr("wrn_16_2") == 0.05
+    assert resolve_config("distill", flags={"model": "mobilenetv2"})[0].lr == 0.01
+    assert resolve_config("distill", flags={"model": "mobilenetv2", "lr": "0.2"})[0].lr == 0.2  # explicit wins
+
+
+def test_config_layers_yaml_then_flags_then_set(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: resnet8\nepochs: 7\nweight_decay: 1e-4\nmethod_args: {beta: 100, mode: faithful}\n")
+    c, explicit = resolve_config("distill", config_file=str(f),
+                                 flags={"epochs": "3", "method_args": {"beta": 400}, "milestones": "2 3"},
+                                 sets=["lr=0.1", "method_args.factor=2", "nesterov=true"])
+    assert (c.model, c.epochs, c.weight_decay, c.lr, c.nesterov, c.milestones) == (
+        "resnet8", 3, 1e-4, 0.1, True, [2, 3])
+    assert c.method_args == {"beta": 400, "mode": "faithful", "factor": 2}  # merged, not replaced
+    assert {"model", "epochs", "lr", "method_args"} <= explicit and "momentum" not in explicit
+    t, _ = resolve_config("teacher", flags={"model": "resnet8"})
+    assert t.method == "vanilla" and t.out == str(Path("runs/cifar100/resnet8_vanilla"))
+
+
+# ---------------------------------------------------------------------- run folder
+def test_training_writes_resumable_run_folder(data_dir, tmp_path):
+    out = tmp_path / "t"
+    t = run(cfg(data_dir, out, kind="teacher", epochs=2))
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl",
+                                                     "run.json"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    for key in ("lr", "train_loss", "train_ce", "train_acc", "test_loss", "test_acc", "test_top5", "best_acc",
+                "epoch_time_s", "images_per_s"):
+        assert key in lines[0], key
+    assert lines[0]["train_images"] == 256
+    assert lines[1]["best_acc"] == max(x["test_acc"] for x in lines)
+    ck = torch.load(out / "last.pt", weights_only=True)  # plain tensors and python values only
+    assert ck["format"] == FORMAT and ck["model"] == TINY and ck["epoch"] == 2
+    assert (ck["num_classes"], ck["in_channels"]) == (10, 1)
+    assert set(ck) >= {"student", "extras", "optimizer", "scheduler", "rng", "best_acc", "config"}
+    assert ck["config"] == yaml.safe_load((out / "config.yaml").read_text()) == t.cfg.to_dict()
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == max(lines, key=lambda x: x["test_acc"])["epoch"]
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["best_acc"] == t.summary["best_acc"] == lines[-1]["best_acc"]
+    assert summary["kind"] == "teacher" and summary["method"] == "vanilla"
+    # eval of the saved network reproduces the logged accuracy
+    res = evaluate_checkpoint(str(out / "best.pt"), device="cpu")
+    assert res["test_acc"] == pytest.approx(summary["best_acc"])
+    assert res["test_n"] == 100
+
+
+def test_hooks_fixed_batch_and_extras(data_dir, tmp_path):
+    # 200 training images, batch 32: the partial batch of 8 is dropped; 100 test images at 32: 3 full + 4
+    t = run(cfg(data_dir, tmp_path / "h", epochs=2, limit_train=200, method_args={"fixed": True}))
+    d = t.distiller
+    assert d.epochs_seen == [1, 2]  # 1-based, once per epoch
+    assert set(d.train_batches) == {32} and len(d.train_batches) == 2 * 6
+    lines = [json.loads(x) for x in (tmp_path / "h" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["train_images"] == 192
+    assert lines[0]["extras"] == {"observed": [32, 32, 32]}  # observe() sees only full batches
+    assert "train_probe" in lines[0] and "train_ce" in lines[0]
+    ck = torch.load(tmp_path / "h" / "last.pt", weights_only=True)
+    assert set(ck["extras"]) == {"proj.weight", "proj.bias", "bank"} and ck["extras"]["bank"].abs().sum() > 0
+
+
+def test_teacher_frozen_and_optimizer_covers_student_and_method_modules(data_dir, tmp_path):
+    run(cfg(data_dir, tmp_path / "t", kind="teacher", model=TINY + "_wide"))
+    teacher_file = tmp_path / "t" / "best.pt"
+    t = run(cfg(data_dir, tmp_path / "s", method="engine_probe_t", teacher=str(teacher_file), epochs=1))
+    d = t.distiller
+    saved = torch.load(teacher_file, weights_only=True)["student"]
+    for k, v in d.teacher.state_dict().items():
+        assert torch.equal(v, saved[k]), k  # weights and BN statistics untouched
+    assert not d.teacher.training
+    opt_ids = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    assert opt_ids == {id(p) for p in d.student.parameters()} | {id(p) for p in d.proj.parameters()}
+    assert all(g["weight_decay"] == 5e-4 for g in t.optimizer.param_groups)
+    assert t.summary["teacher_model"] == TINY + "_wide"
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "nan"
+    c = cfg(data_dir, out, epochs=3, method_args={"blowup_epoch": 2})
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 1 .*probe.*epoch 1\) is kept"):
+        run(c)
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_failed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"a": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"a": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temp file left behind
+
+
+def test_teacher_checkpoint_formats(tmp_path):
+    register_tiny()
+    net = TinyNet(10, 1)
+    sd = net.state_dict()
+    semckd_ck = {"format": FORMAT, "model": TINY, "num_classes": 10, "in_channels": 1, "student": sd}
+    authors = tmp_path / f"{TINY}_vanilla"  # the authors' folder naming names the architecture
+    authors.mkdir()
+    files = {
+        "semckd": (tmp_path / "a.pt", semckd_ck, None),
+        "plain": (tmp_path / "b.pt", sd, TINY),
+        "ddp-prefixed": (tmp_path / "c.pt", {"state_dict": {"module." + k: v for k, v in sd.items()}}, TINY),
+        "authors": (authors / "ckpt_epoch_240.pth", {"model": sd, "epoch": 240, "best_acc": 71.0}, None),
+    }
+    for label, (p, obj, arch) in files.items():
+        torch.save(obj, p)
+        t, meta = load_teacher(p, arch=arch, num_classes=10, in_channels=1)
+        assert meta["model"] == TINY, label
+        for k, v in t.state_dict().items():
+            assert torch.equal(v, sd[k]), (label, k)
+
+
+def test_rng_state_roundtrip_is_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3)
+    random.seed(3)
+    np.random.seed(3)
+    state = capture_rng()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    restore_rng(load_checkpoint(tmp_path / "rng.pt"))
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+@pytest.mark.parametrize("opts", [{"amp": "bf16"}, {"channels_last": True, "augment": False}])
+def test_amp_and_channels_last_train(data_dir, tmp_path, opts):
+    t = run(cfg(data_dir, tmp_path / "x", kind="teacher", limit_train=64, **opts))
+    assert 0 <= t.summary["final_acc"] <= 100 and t.summary["best_acc"] == t.summary["final_acc"]
