@@ -101,8 +101,21 @@ def test_idx_missing_file_and_dir(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.*missing.*--data-dir"):
         load_idx_dataset("fashion_mnist", tmp_path)
+    with pytest.raises(UserError, match="not found.*--data-dir"):
+        build_data("mnist", str(tmp_path / "nowhere"), 4)
+
+
+def test_fashion_mnist_missing_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr("semckd.data.idx.FASHION_MNIST_DIR", str(tmp_path / "no-system-copy"))
     with pytest.raises(UserError, match="not found.*dataset-fashion-mnist"):
         build_data("fashion_mnist", str(tmp_path / "nowhere"), 4)
+
+
+@pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_mnist_falls_back_to_system_copy(tmp_path):
+    from semckd.data.idx import find_idx_dir
+    assert find_idx_dir("fashion_mnist", tmp_path) == REAL_FMNIST
+    assert find_idx_dir("fashion_mnist", None) == REAL_FMNIST
 
 
 def test_idx_count_mismatch(tmp_path):
@@ -441,6 +454,18 @@ def test_channels_last_and_device_follow():
     assert xb.device == torch.device("cpu")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_loader_cuda_matches_cpu():
+    x, y = tiny(n=50, c=3, h=8, w=8)
+    cpu = collect(loader(x, y, batch_size=8), 4)
+    gpu = collect(loader(x, y, batch_size=8, device="cuda"), 4)
+    assert all(t.device.type == "cuda" for b in gpu for t in b)
+    assert len(cpu) == len(gpu)
+    for (xc, yc, ic), (xg, yg, ig) in zip(cpu, gpu, strict=True):  # same draws (CPU generators)
+        assert torch.equal(ic, ig.cpu()) and torch.equal(yc, yg.cpu())
+        torch.testing.assert_close(xc, xg.cpu(), rtol=0, atol=1e-5)  # FMA may differ in the last bit
+
+
 def test_build_data_limit_and_eval_loader(tmp_path):
     ref = make_idx_dir(tmp_path, gz=True, n_train=12, n_test=5)
     train, test, info = build_data("fashion-mnist", str(tmp_path), 4, limit_train=7, eval_batch_size=2,
@@ -497,6 +522,7 @@ def test_imagefolder_loader(tmp_path):
     for _, yb, ib in e0:
         assert yb.tolist() == [train.dataset.targets[i] for i in ib.tolist()]
     assert same(e0, collect(train, 0)) and not same(e0, collect(train, 1))
+    assert same(collect(train, 0, start_batch=1), e0[1:])
     # Eval: resize shorter side 14 → 10 then center-crop 8 of a 20×14 red image whose 2-px left strip is
     # another colour: the crop starts at source x = 3 / (10/14) = 4.2, beyond the strip and the bilinear
     # filter's reach (~1.4 px), so it holds only the red body.

@@ -54,11 +54,14 @@ def _find_file(directory: Path, stem: str) -> Path | None:
 
 
 def find_idx_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
-    """The folder holding ``name``'s IDX files: ``data_dir`` itself or a usual subfolder of it."""
+    """The folder holding ``name``'s IDX files: ``data_dir``, a usual subfolder of it, or (Fashion-MNIST)
+    the system copy from the ``dataset-fashion-mnist`` package."""
     root = Path(data_dir if data_dir is not None else
                 (FASHION_MNIST_DIR if name == "fashion_mnist" else os.environ.get("SEMCKD_DATA_DIR", "data")))
     root = root.expanduser()
     tried = [root] + [root / sub for sub in _SUBDIRS[name]]
+    if name == "fashion_mnist":  # a generic --data-dir (e.g. "data") still finds the Debian package's copy
+        tried.append(Path(FASHION_MNIST_DIR))
     for d in tried:
         if _find_file(d, _FILES[("train", "images")]) is not None:
             return d
