@@ -1,0 +1,387 @@
+"""Summarise finished runs as a markdown table: mean ± std over seeds and the paper's ARI.
+
+Runs are grouped by (dataset, teacher, student, method); each group shows how many seeds it has, the
+mean ± sample standard deviation (n−1) of the final and the best test accuracy, and the mean wall time
+of one run.
+
+**ARI** (Average Relative Improvement) is the SemCKD paper's measure of how much further SemCKD goes
+beyond a compared method, relative to what that method itself gained over the plain student::
+
+    ARI(X) = 1/M · Σ_i (Acc_i[SemCKD] − Acc_i[X]) / (Acc_i[X] − Acc_i[vanilla student]) · 100 %
+
+over the M teacher/student combinations i (Chen et al., AAAI 2021, Sec. "Experiments"; the authors'
+README: "the extent to which SemCKD further improves on the basis of existing approaches compared to
+improvements made by these approaches upon the baseline student model"). A large ARI means method X
+gained little over the student while SemCKD gained much more. Each row of the table shows the per-pair
+term (M = 1) for its method X, and a second table averages it over all pairs. The reference method
+(``semckd`` by default, ``--ari-ref`` changes it) is computed from the mean over seeds of the best
+test accuracy (``--metric final`` uses the last epoch's instead).
+
+A run folder is read leniently: ``run.json`` when present, else ``config.yaml`` + ``metrics.jsonl``
+(layout in docs/ARCHITECTURE.md), so interrupted runs and runs from older versions still report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+__all__ = ["Group", "RunInfo", "ari_table", "atomic_path", "build_report", "find_runs", "group_runs",
+           "load_run", "read_metrics", "relative_improvement", "write_text_atomic"]
+
+NONE = "—"
+_METHOD_ORDER = {"vanilla": 0, "kd": 1}
+
+
+# ---------------------------------------------------------------------- reading one run
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch JSON lines of a run; a truncated last line (run killed mid-write) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e.msg}); fix or delete it") from e
+    return obj if isinstance(obj, dict) else {}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        obj = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML; fix or delete it ({str(e).splitlines()[0]})") from e
+    return obj if isinstance(obj, dict) else {}
+
+
+def _lookup(d: dict[str, Any], *keys: str) -> Any:
+    """First value found for any of ``keys``: top level first, then nested dicts (breadth first).
+
+    Dict values that carry a ``name`` (``method: {name: semckd, ...}``) resolve to that name, so both a
+    flat and a sectioned config layout work.
+    """
+    queue: list[dict[str, Any]] = [d]
+    while queue:
+        nxt: list[dict[str, Any]] = []
+        for cur in queue:
+            for k in keys:
+                if k in cur and cur[k] is not None:
+                    v = cur[k]
+                    if isinstance(v, dict):
+                        if "name" in v and v["name"] is not None:
+                            return v["name"]
+                        continue
+                    return v
+            nxt.extend(v for v in cur.values() if isinstance(v, dict))
+        queue = nxt
+    return None
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+@dataclass
+class RunInfo:
+    """What the report needs from one run folder."""
+
+    path: Path
+    name: str
+    dataset: str
+    teacher: str  # teacher architecture (or checkpoint stem); "—" when the run had no teacher
+    student: str
+    method: str
+    seed: int | None
+    final_acc: float | None
+    best_acc: float | None
+    wall_time_s: float | None
+    epochs: int
+    kind: str = "distill"
+
+
+def _teacher_name(value: Any, run_dir: Path) -> str:
+    """A readable teacher label: a model name stays; a checkpoint path becomes its architecture when
+    the teacher's own run folder says so (run.json / config.yaml beside it), else the file's stem."""
+    if value in (None, "", "none", "None"):
+        return NONE
+    s = str(value)
+    if "/" not in s and "\\" not in s and not s.endswith((".pt", ".pth")):
+        return s
+    p = Path(s)
+    if not p.is_absolute() and not p.exists():
+        p = run_dir / p
+    folder = p.parent if p.suffix else p
+    for meta in (_read_json(folder / "run.json"), _read_yaml(folder / "config.yaml")):
+        model = _lookup(meta, "model", "arch", "student") if meta else None
+        if isinstance(model, str):
+            return model
+    if p.suffix and p.stem in ("best", "last", "ckpt", "checkpoint", "model"):
+        return p.parent.name or p.stem  # runs/t_resnet32x4/best.pt → the run's name says more
+    return p.stem if p.suffix else p.name
+
+
+def load_run(run_dir: str | os.PathLike) -> RunInfo:
+    """Collect a run's identity and results from ``run.json``, ``config.yaml`` and ``metrics.jsonl``."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise UserError(f"run folder {d} does not exist; pass a folder made by semckd train-teacher/distill")
+    run = _read_json(d / "run.json")
+    cfg = _read_yaml(d / "config.yaml")
+    metrics = read_metrics(d)
+    if not (run or cfg or metrics):
+        raise UserError(f"{d} has no run.json, config.yaml or metrics.jsonl; is it a semckd run folder?")
+
+    def pick(*keys: str) -> Any:
+        for src in (run, cfg):
+            v = _lookup(src, *keys) if src else None
+            if v is not None:
+                return v
+        return None
+
+    kind = str(pick("kind") or "distill")
+    method = pick("method")
+    if method is None:
+        method = "vanilla" if kind in ("teacher", "train-teacher", "train_teacher") else "?"
+    student = pick("model", "student", "arch") or "?"
+    teacher_raw = pick("teacher_model", "teacher_arch")
+    if teacher_raw is None and str(method) != "vanilla":  # vanilla ignores any teacher in its config
+        teacher_raw = pick("teacher", "teacher_path")
+    dataset = pick("dataset") or "?"
+    seed = pick("seed")
+
+    final = _num(pick("final_acc", "final_test_acc", "test_acc"))
+    best = _num(pick("best_acc", "best_test_acc"))
+    wall = _num(pick("wall_time_s", "train_time_s", "elapsed_s", "total_time_s", "time_s"))
+    epochs = int(_num(pick("epochs_done", "epoch")) or 0)
+    if metrics:
+        accs = [a for a in (_num(m.get("test_acc")) for m in metrics) if a is not None]
+        if final is None and accs:
+            final = accs[-1]
+        if best is None:
+            bests = [b for b in (_num(m.get("best_acc")) for m in metrics) if b is not None]
+            best = max(bests + accs) if (bests or accs) else None
+        if wall is None:
+            times = [t for t in (_num(m.get("epoch_time_s")) for m in metrics) if t is not None]
+            wall = sum(times) if times else None
+        epochs = max(epochs, len(metrics))
+    return RunInfo(path=d, name=d.name, dataset=str(dataset), teacher=_teacher_name(teacher_raw, d),
+                   student=str(student), method=str(method),
+                   seed=int(seed) if _num(seed) is not None else None,  # type: ignore[arg-type]
+                   final_acc=final, best_acc=best, wall_time_s=wall, epochs=epochs, kind=kind)
+
+
+def _is_run(d: Path) -> bool:
+    return any((d / f).is_file() for f in ("run.json", "metrics.jsonl"))
+
+
+def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Run folders named directly, or found anywhere below a folder that is not itself a run."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p} does not exist; pass run folders (or a folder that contains them)")
+        if not p.is_dir():
+            raise UserError(f"{p} is a file; pass the run folder that contains it")
+        if _is_run(p):
+            out.append(p)
+            continue
+        found = sorted({m.parent for pat in ("run.json", "metrics.jsonl") for m in p.rglob(pat)})
+        if not found:
+            raise UserError(f"no runs under {p}: expected folders with run.json or metrics.jsonl")
+        out.extend(found)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+# ---------------------------------------------------------------------- grouping
+def _mean_std(xs: Sequence[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+@dataclass
+class Group:
+    """All seeds of one (dataset, teacher, student, method) setting."""
+
+    dataset: str
+    teacher: str
+    student: str
+    method: str
+    runs: list[RunInfo] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return self.dataset, self.teacher, self.student, self.method
+
+    def _vals(self, attr: str) -> list[float]:
+        return [v for v in (getattr(r, attr) for r in self.runs) if v is not None]
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def final(self) -> tuple[float | None, float | None]:
+        return _mean_std(self._vals("final_acc"))
+
+    def best(self) -> tuple[float | None, float | None]:
+        return _mean_std(self._vals("best_acc"))
+
+    def wall(self) -> float | None:
+        return _mean_std(self._vals("wall_time_s"))[0]
+
+    def acc(self, metric: str) -> float | None:
+        return (self.best() if metric == "best" else self.final())[0]
+
+
+def group_runs(runs: Iterable[RunInfo]) -> list[Group]:
+    """Group by setting; order: dataset, student, the student's vanilla row first, then by teacher."""
+    groups: dict[tuple[str, str, str, str], Group] = {}
+    for r in runs:
+        key = (r.dataset, r.teacher, r.student, r.method)
+        groups.setdefault(key, Group(*key)).runs.append(r)
+    return sorted(groups.values(), key=lambda g: (g.dataset, g.student, g.teacher != NONE, g.teacher,
+                                                  _METHOD_ORDER.get(g.method, 2), g.method))
+
+
+def relative_improvement(ref_acc: float, method_acc: float, vanilla_acc: float) -> float | None:
+    """One pair's ARI term in %: (ref − X) / (X − vanilla) · 100; None when X equals vanilla."""
+    denom = method_acc - vanilla_acc
+    if denom == 0:
+        return None
+    return (ref_acc - method_acc) / denom * 100.0
+
+
+def _vanilla_for(groups: Sequence[Group], g: Group) -> Group | None:
+    """The plain student of ``g``: same dataset and student, trained without a teacher (the teacher
+    column does not matter for vanilla; a matching one is preferred when the config recorded it)."""
+    cands = [h for h in groups if h.method == "vanilla" and h.dataset == g.dataset and h.student == g.student]
+    same = [h for h in cands if h.teacher == g.teacher]
+    return (same or cands or [None])[0]
+
+
+def _row_ri(groups: Sequence[Group], g: Group, ref: str, metric: str) -> float | None:
+    if g.method in (ref, "vanilla"):
+        return None
+    ref_g = next((h for h in groups if h.key == (g.dataset, g.teacher, g.student, ref)), None)
+    van = _vanilla_for(groups, g)
+    if ref_g is None or van is None:
+        return None
+    a_ref, a_x, a_v = ref_g.acc(metric), g.acc(metric), van.acc(metric)
+    if a_ref is None or a_x is None or a_v is None:
+        return None
+    return relative_improvement(a_ref, a_x, a_v)
+
+
+def ari_table(groups: Sequence[Group], ref: str = "semckd",
+              metric: str = "best") -> dict[str, tuple[float, int]]:
+    """``{method: (ARI %, number of pairs M)}`` for every method with at least one complete pair."""
+    per: dict[str, list[float]] = {}
+    for g in groups:
+        ri = _row_ri(groups, g, ref, metric)
+        if ri is not None:
+            per.setdefault(g.method, []).append(ri)
+    return {m: (statistics.fmean(v), len(v)) for m, v in sorted(per.items())}
+
+
+# ---------------------------------------------------------------------- formatting
+def _fmt_acc(ms: tuple[float | None, float | None], n: int) -> str:
+    m, s = ms
+    if m is None:
+        return NONE
+    return f"{m:.2f}" if n < 2 or s is None else f"{m:.2f} ± {s:.2f}"
+
+
+def _fmt_time(t: float | None) -> str:
+    if t is None:
+        return NONE
+    if t < 120:
+        return f"{t:.1f} s"
+    if t < 7200:
+        return f"{t / 60:.1f} min"
+    return f"{t / 3600:.2f} h"
+
+
+def build_report(run_dirs: Iterable[str | os.PathLike], metric: str = "best", ari_ref: str = "semckd") -> str:
+    """The markdown report for the given run folders (or folders containing runs)."""
+    if metric not in ("best", "final"):
+        raise UserError(f"--metric must be 'best' or 'final', got {metric!r}")
+    runs = [load_run(p) for p in find_runs(run_dirs)]
+    groups = group_runs(runs)
+    ri_head = f"ARI vs {ari_ref} (%)"
+    lines = ["| dataset | teacher | student | method | seeds | final acc | best acc | wall time / run | "
+             f"{ri_head} |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for g in groups:
+        ri = _row_ri(groups, g, ari_ref, metric)
+        lines.append(f"| {g.dataset} | {g.teacher} | {g.student} | {g.method} | {g.n} | "
+                     f"{_fmt_acc(g.final(), g.n)} | {_fmt_acc(g.best(), g.n)} | {_fmt_time(g.wall())} | "
+                     f"{NONE if ri is None else f'{ri:.1f}'} |")
+    lines += ["", f"Accuracies: mean ± sample std over seeds. ARI column: the pair's term "
+              f"({ari_ref} − method) / (method − vanilla) · 100 on the mean {metric} accuracy "
+              f"(Chen et al., AAAI 2021); {NONE} where the pair lacks a {ari_ref} or a vanilla row."]
+    ari = ari_table(groups, ari_ref, metric)
+    if ari:
+        lines += ["", f"| method | ARI vs {ari_ref} (%) | pairs |", "|---|---:|---:|"]
+        lines += [f"| {m} | {v:.1f} | {k} |" for m, (v, k) in ari.items()]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it replaces ``path`` atomically (``os.replace``), so
+    readers never see half a file and an interrupted write leaves the old file intact."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
