@@ -454,6 +454,18 @@ def test_channels_last_and_device_follow():
     assert xb.device == torch.device("cpu")
 
 
+def test_cpu_batches_leave_thread_setting_alone():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, y = tiny(n=9)
+        for _ in loader(x, y):
+            assert torch.get_num_threads() == 2  # the consumer's compute keeps its threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_loader_cuda_matches_cpu():
     x, y = tiny(n=50, c=3, h=8, w=8)
