@@ -546,6 +546,14 @@ def test_imagefolder_loader(tmp_path):
                                atol=1.0, rtol=0)
 
 
+def test_imagefolder_limit_keeps_every_class(tmp_path):
+    pytest.importorskip("PIL")
+    make_folder(tmp_path)
+    train, _, info = build_data("imagefolder", str(tmp_path), 2, image_size=8, workers=0, limit_train=2)
+    assert info["num_train"] == 2 and sorted(train.dataset.targets) == [0, 1]
+    assert sorted(torch.cat([b[2] for b in train]).tolist()) == [0, 1]
+
+
 def test_imagefolder_workers_do_not_change_batches(tmp_path):
     pytest.importorskip("PIL")
     make_folder(tmp_path)

@@ -165,6 +165,6 @@ def _limit(ds: Any, n: int) -> None:
     """Keep ``n`` evenly spaced samples: folders are listed class by class, so a head would drop classes."""
     if n >= len(ds.samples):
         return
-    keep = [round(i * len(ds.samples) / n) for i in range(n)]
+    keep = [i * len(ds.samples) // n for i in range(n)]
     ds.samples = [ds.samples[i] for i in keep]
     ds.targets = [ds.targets[i] for i in keep]
