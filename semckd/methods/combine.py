@@ -1,0 +1,152 @@
+"""Several methods trained together (``--method semckd+crd``): one forward pass, every method's terms.
+
+Each member is built as usual — same student, same teacher, same options and defaults as when it runs
+alone — but all share one pair of feature taps, so hooks are registered once and the student and
+teacher run once per step. The combination then adds:
+
+* ``ce`` and ``kd`` once: ``ce`` with the weight of the first member (in the order given) whose CE weight
+  is non-zero, ``kd`` with the weight, temperature and ``logit_std`` of the first member whose KD weight
+  is non-zero (so ``at+kd`` trains with AT's 1·CE + 1·KD, and ``kd+at`` with KD's 0.1·CE + 0.9·KD);
+* every member's own :meth:`~Distiller.distill_losses` terms; a key produced by two members (or named
+  ``ce``/``kd``) is prefixed with the member's method name (``at_at``, ``crd_at``, ...).
+
+A member that changes the forward pass itself (overrides ``forward``, ``student_forward`` or
+``teacher_forward``, e.g. HKD or SimKD) cannot share a forward pass and is rejected.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import BuildContext, Distiller, Outputs, _check_options, get_method
+
+__all__ = ["Combined"]
+
+_FORWARD_HOOKS = ("forward", "student_forward", "teacher_forward")
+_TAP_OPTIONS = ("student_layers", "teacher_layers")
+
+
+def _changes_forward(cls: type[Distiller]) -> str | None:
+    for attr in _FORWARD_HOOKS:
+        if getattr(cls, attr) is not getattr(Distiller, attr):
+            return attr
+    return None
+
+
+def _merge(parts: Sequence[tuple[str, dict[str, Any]]], reserved: Sequence[str] = ()) -> dict[str, Any]:
+    """Flatten per-member dicts; a key seen twice (or reserved) gets its member's name as a prefix."""
+    counts = Counter(k for _, d in parts for k in d)
+    out: dict[str, Any] = {}
+    for name, d in parts:
+        for k, v in d.items():
+            key = f"{name}_{k}" if counts[k] > 1 or k in reserved else k
+            if key in out or key in reserved:
+                raise ValueError(f"methods in the combination both produce the term {key!r}; "
+                                 "combine them separately or rename one term")
+            out[key] = v
+    return out
+
+
+class Combined(Distiller):
+    """The members' distillers, run from one shared forward pass (see the module docstring)."""
+
+    name = "combined"
+    paper = "—"
+    needs_teacher = False  # each member checks its own need for a teacher
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
+                 methods: list[str], method_options: dict[str, dict[str, Any]] | None = None) -> None:
+        method_options = {k: dict(v) for k, v in (method_options or {}).items()}
+        methods = [m.strip() for m in methods]
+        if not methods:
+            raise ValueError("empty method combination; e.g. --method semckd+crd")
+        dup = [m for m, n in Counter(methods).items() if n > 1]
+        if dup:
+            raise ValueError(f"method {dup[0]!r} is listed twice in the combination; list each method once")
+        extra = sorted(set(method_options) - set(methods))
+        if extra:
+            raise ValueError(f"options given for {extra[0]!r}, which is not in the combination "
+                             f"({'+'.join(methods)})")
+        classes = [get_method(m) for m in methods]
+        for m, cls in zip(methods, classes, strict=True):
+            changed = _changes_forward(cls)
+            if changed:
+                raise ValueError(f"method {m!r} changes the forward pass ({cls.__name__}.{changed}) and "
+                                 f"cannot be combined with others; run it alone (--method {m})")
+            _check_options(m, method_options.get(m, {}))
+        # the taps are shared, so members must agree on which layers they watch
+        tap_kw: dict[str, Any] = {}
+        for key in _TAP_OPTIONS:
+            given = {m: method_options[m][key] for m in methods
+                     if method_options.get(m, {}).get(key) is not None}
+            values = {tuple(v) for v in given.values()}
+            if len(values) > 1:
+                raise ValueError(f"combined methods must tap the same layers; {key} differs between "
+                                 f"{' and '.join(given)} — give it once, to one method")
+            if values:
+                tap_kw[key] = list(values.pop())
+        super().__init__(student, teacher, ctx, ce_weight=0.0, kd_weight=0.0, **tap_kw)
+        self.method_names = methods
+        self.parts = nn.ModuleDict()
+        for m, cls in zip(methods, classes, strict=True):
+            # every member is told the shared tap layers (the taps themselves come from _taps), so a
+            # member that treats explicitly named layers differently sees them whoever named them
+            opts = {**{k: v for k, v in method_options.get(m, {}).items() if k not in _TAP_OPTIONS}, **tap_kw}
+            self.parts[m] = cls(student, teacher, ctx, _taps=(self.s_tap, self.t_tap), **opts)
+
+        # ce / kd once, from the first member that has each
+        members = list(self.parts.values())
+        ce_src = next((p for p in members if p.ce_weight), None)
+        kd_src = next((p for p in members if p.kd_weight and p.teacher is not None), None)
+        self.ce_weight = ce_src.ce_weight if ce_src is not None else 0.0
+        if kd_src is not None:
+            self.kd_weight, self.temperature, self.logit_std = (kd_src.kd_weight, kd_src.temperature,
+                                                                kd_src.logit_std)
+
+        sizes = {p.fixed_batch_size for p in members} - {None}
+        if len(sizes) > 1:
+            raise ValueError(f"combined methods need different fixed batch sizes {sorted(sizes)}; "
+                             "they cannot be trained together")
+        self._fixed_batch_size = sizes.pop() if sizes else None
+
+        # expose an optional engine hook only when some member has it, so the engine's "if defined"
+        # checks see the same thing as for that member alone
+        def members_with(hook: str) -> list[tuple[str, Callable[..., Any]]]:
+            return [(m, getattr(p, hook)) for m, p in self.parts.items() if callable(getattr(p, hook, None))]
+
+        self._epoch_hooks = members_with("on_epoch_start")
+        self._observers = members_with("observe")
+        self._summaries = members_with("pop_summary")
+        if self._epoch_hooks:
+            self.on_epoch_start = self._on_epoch_start
+        if self._observers:
+            self.observe = self._observe
+        if self._summaries:
+            self.pop_summary = self._pop_summary
+
+    # ------------------------------------------------------------------ losses
+    def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
+                       index: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        per = [(m, p.distill_losses(s, t, targets, index)) for m, p in self.parts.items()]
+        return _merge(per, reserved=("ce", "kd"))
+
+    @property
+    def fixed_batch_size(self) -> int | None:
+        return self._fixed_batch_size
+
+    # ------------------------------------------------------------------ forwarded hooks
+    def _on_epoch_start(self, epoch: int) -> None:
+        for _, hook in self._epoch_hooks:
+            hook(epoch)
+
+    def _observe(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        for _, hook in self._observers:
+            hook(images, targets)
+
+    def _pop_summary(self) -> dict[str, Any]:
+        return _merge([(m, hook() or {}) for m, hook in self._summaries])
