@@ -86,10 +86,12 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+        m = re.search(r"GLOBAL ([\w.]+)", msg)
+        if m or "Unsupported global" in msg or "Unsupported class" in msg:
+            obj = f" ({m.group(1)})" if m else ""
             raise UserError(
-                f"{what} {str(p)!r} contains arbitrary Python objects, not just weights, and is refused for "
-                "safety (weights_only=True); if you trust it, re-save its state_dict with torch.save"
+                f"{what} {str(p)!r} contains arbitrary Python objects{obj}, not just weights, and is refused "
+                "for safety (weights_only=True); if you trust it, re-save its state_dict with torch.save"
             ) from None
         first = (msg.splitlines() or ["unpickling failed"])[0][:80]
         raise UserError(f"{what} {str(p)!r} is corrupt or not a PyTorch file ({first})") from None

@@ -99,7 +99,8 @@ def _determinism(enabled: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev[0])
+        if enabled != prev[0]:  # the call imports torch._inductor (seconds): only when it changes anything
+            torch.use_deterministic_algorithms(prev[0])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[1], prev[2]
 
 
@@ -298,10 +299,13 @@ class _Trainer:
         cfg = self.cfg
         from .data import build_data
         from .methods import BuildContext, build_distiller
-        from .models import create_model
+        from .models import create_model, list_models
 
         spec = cfg.method_spec
         _check_method_args(spec, cfg.method_args)
+        for flag, name in (("--model", cfg.model), ("--teacher-model", cfg.teacher_model)):
+            if name and name.lower() not in list_models():  # fail before loading any data
+                raise UserError(f"unknown model {name!r} ({flag}); choose one of: {', '.join(list_models())}")
         device_type = "cuda" if (cfg.device.startswith("cuda") or
                                  (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
         self.env = env = D.init(device_type)

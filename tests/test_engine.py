@@ -41,7 +41,8 @@ def one_thread():
 
 def cfg(data_dir: str, out: Path, kind: str = "distill", **kw) -> TrainConfig:
     flags = dict(dataset="fashion_mnist", data_dir=data_dir, model=TINY, epochs=1, batch_size=32,
-                 out=str(out), device="cpu", quiet=True, tensorboard=False, milestones=[], method="engine_probe")
+                 out=str(out), device="cpu", quiet=True, tensorboard=False, milestones=[],
+                 method="engine_probe")
     if kind == "teacher":
         flags.pop("method")
     flags.update(kw)
@@ -75,9 +76,10 @@ def test_paper_defaults_and_low_lr_students():
     c, _ = resolve_config("distill", flags={"model": "resnet8x4"})
     assert (c.lr, c.momentum, c.weight_decay, c.batch_size, c.epochs, c.milestones, c.lr_decay) == (
         0.05, 0.9, 5e-4, 64, 240, [150, 180, 210], 0.1)
-    assert default_lr("MobileNetV2") == 0.01 and default_lr("ShuffleV1") == 0.01 and default_lr("wrn_16_2") == 0.05
+    assert default_lr("MobileNetV2") == default_lr("ShuffleV1") == 0.01 and default_lr("wrn_16_2") == 0.05
     assert resolve_config("distill", flags={"model": "mobilenetv2"})[0].lr == 0.01
-    assert resolve_config("distill", flags={"model": "mobilenetv2", "lr": "0.2"})[0].lr == 0.2  # explicit wins
+    explicit = resolve_config("distill", flags={"model": "mobilenetv2", "lr": "0.2"})[0]
+    assert explicit.lr == 0.2  # an explicit lr wins
 
 
 def test_config_layers_yaml_then_flags_then_set(tmp_path):

@@ -1,0 +1,150 @@
+"""Exact resume: stopping after epoch k (cleanly or by SIGKILL) and resuming ends bit-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import TINY, TinyNet, make_fashion_mnist, register_probe_methods, register_tiny
+
+from semckd.checkpoint import FORMAT
+from semckd.cli import main
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    register_tiny()
+    register_probe_methods()
+    root = tmp_path_factory.mktemp("resume")
+    data = make_fashion_mnist(root / "data", n_train=160, n_test=64)
+    torch.manual_seed(1)
+    teacher = root / "teacher.pt"
+    torch.save({"format": FORMAT, "model": TINY + "_wide", "num_classes": 10, "in_channels": 1,
+                "student": TinyNet(10, 1, width=12).state_dict()}, teacher)
+    return root, str(data), str(teacher)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # the killed subprocess uses 1 thread too: same kernels, same bits
+    yield
+    torch.set_num_threads(n)
+
+
+def args(data: str, teacher: str, out: Path, epochs: int = 3) -> list[str]:
+    # the method draws random noise (global RNG) and keeps a memory bank (extras): both must resume
+    return ["distill", "--dataset", "fashion_mnist", "--data-dir", data, "--model", TINY,
+            "--teacher", teacher, "--method", "engine_probe_t", "--method-args", "noise=0.1",
+            "--epochs", str(epochs), "--batch-size", "32", "--milestones", "2", "--deterministic",
+            "--device", "cpu", "--quiet", "--no-tensorboard", "--out", str(out)]
+
+
+def state(out: Path) -> dict:
+    return torch.load(out / "last.pt", weights_only=True)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    sa, sb = state(a), state(b)
+    assert sa["epoch"] == sb["epoch"] == 3
+    for part in ("student", "extras"):
+        assert sa[part].keys() == sb[part].keys()
+        for k in sa[part]:
+            assert torch.equal(sa[part][k], sb[part][k]), (part, k)
+    for pid, st in sa["optimizer"]["state"].items():
+        assert torch.equal(st["momentum_buffer"], sb["optimizer"]["state"][pid]["momentum_buffer"])
+    assert sa["scheduler"]["last_epoch"] == sb["scheduler"]["last_epoch"]
+
+    def metrics(p: Path) -> list[dict]:
+        drop = {"epoch_time_s", "images_per_s"}
+        return [{k: v for k, v in json.loads(x).items() if k not in drop}
+                for x in (p / "metrics.jsonl").read_text().splitlines()]
+
+    assert metrics(a) == metrics(b)
+
+
+@pytest.fixture(scope="module")
+def straight(setup):
+    root, data, teacher = setup
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args(data, teacher, root / "straight")) == 0
+    finally:
+        torch.set_num_threads(n)
+    return root / "straight"
+
+
+def test_stop_after_epoch_one_then_resume_is_bit_identical(setup, straight):
+    root, data, teacher = setup
+    out = root / "split"
+    assert main(args(data, teacher, out, epochs=1)) == 0
+    assert state(out)["epoch"] == 1
+    # --resume with a longer --epochs (allowed: it only extends the run)
+    assert main(args(data, teacher, out, epochs=3) + ["--resume"]) == 0
+    assert_same_run(straight, out)
+
+
+_KILLER = """
+import sys, time, torch
+sys.path[:0] = [{tests!r}, {root!r}]
+torch.set_num_threads(1)
+from engine_helpers import register_tiny, register_probe_methods
+register_tiny(); register_probe_methods()
+import semckd.engine as E
+orig = E._Trainer._train_epoch
+def patched(self, epoch):
+    if epoch == 2:
+        open({marker!r}, "w").close()
+        time.sleep(600)  # killed here, mid-run
+    return orig(self, epoch)
+E._Trainer._train_epoch = patched
+from semckd.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(setup, straight):
+    root, data, teacher = setup
+    out, marker = root / "killed", root / "marker"
+    code = _KILLER.format(tests=str(TESTS), root=str(ROOT), marker=str(marker),
+                          argv=args(data, teacher, out))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "training subprocess never reached epoch 2"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert state(out)["epoch"] == 1
+    # continue from the folder alone: the saved config.yaml supplies every other setting
+    assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert_same_run(straight, out)
+
+
+def test_resume_refuses_different_settings(setup, straight, capsys):
+    rc = main(["distill", "--out", str(straight), "--resume", "--lr", "0.2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "settings differ" in err and "lr: 0.05 → 0.2" in err
+
+
+def test_resume_of_finished_run_changes_nothing(setup, straight, capsys):
+    before = (straight / "last.pt").read_bytes()
+    assert main(["distill", "--out", str(straight), "--resume"]) == 0
+    assert "already finished 3 epochs" in capsys.readouterr().err
+    assert (straight / "last.pt").read_bytes() == before
+    assert len((straight / "metrics.jsonl").read_text().splitlines()) == 3
