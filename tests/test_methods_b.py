@@ -314,3 +314,53 @@ def test_trains_on_fixed_batch(method, opts, num_samples):
     assert totals[-1] < totals[0], totals
     for k, v in t.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
+
+
+# ---------------------------------------------------------------------------------------- CRD + DDP
+def _ddp_worker(rank: int, world: int, port: int, out: dict) -> None:
+    import torch.distributed as dist
+
+    from semckd.methods.crd import ContrastMemory
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # different initial banks per rank: rank 0's must win
+        mem = ContrastMemory(4, 10, nce_k=3, nce_t=0.5, momentum=0.5)
+        initial0 = mem.memory_s.clone()
+        n = 2 + rank  # unequal batch sizes per rank
+        v = F.normalize(torch.randn(n, 4), dim=1)
+        index = torch.arange(n) + 5 * rank
+        mem(v, v.clone(), index)
+        out[rank] = (initial0, mem.memory_s.clone(), mem.memory_t.clone(), mem.z.clone(), v, index)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_crd_memory_stays_identical_across_ranks():
+    import multiprocessing as mp
+    import socket
+
+    ctx = mp.get_context("fork")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with ctx.Manager() as manager:
+        out = manager.dict()
+        procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, out)) for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+        res = dict(out)
+    init0, mem_s0, mem_t0, z0, v0, i0 = res[0]
+    _, mem_s1, mem_t1, z1, v1, i1 = res[1]
+    assert torch.equal(mem_s0, mem_s1) and torch.equal(mem_t0, mem_t1) and torch.equal(z0, z1)
+    # every rank's rows were written, starting from rank 0's initial bank
+    for v, idx in ((v0, i0), (v1, i1)):
+        for r, i in enumerate(idx.tolist()):
+            exp = 0.5 * init0[i] + 0.5 * v[r]
+            torch.testing.assert_close(mem_s0[i], exp / exp.norm())
+    untouched = [i for i in range(10) if i not in i0.tolist() + i1.tolist()]
+    assert torch.equal(mem_s0[untouched], init0[untouched])
