@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", default="cifar100,fmnist",
                    help="preset pairs: cifar100 (resnet8x4←resnet32x4, 3×32×32, 100 classes), "
-                        "fmnist (resnet8←resnet32x4, 1×28×28, 10 classes)")
+                        "fmnist (resnet8←resnet32, 1×28×28, 10 classes)")
     p.add_argument("--student", help="custom pair: student architecture (replaces --pairs)")
     p.add_argument("--teacher", help="custom pair: teacher architecture")
     p.add_argument("--input-size", type=int, help="custom pair: image size (default 32)")
