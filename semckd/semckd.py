@@ -1,0 +1,431 @@
+"""SemCKD: cross-layer distillation with semantic calibration (Chen et al., AAAI 2021 / TKDE 2022).
+
+Every student layer ``s`` is matched against every teacher layer ``t``. A per-layer MLP turns each
+sample's row of the batch Gram matrix ``A = F Fᵀ`` (``F`` = feature map flattened per sample, *not*
+normalised, as in the authors' code) into a query (student) or key (teacher). The softmax over teacher
+layers of ``<q_s, k_t>`` (no temperature, as in the authors' code) gives per-sample weights
+``α[b, s, t]``. A projector per pair maps the student map onto the teacher's channels; the larger map is
+average-pooled to the smaller one (the student before projection), and
+
+    loss = Σ_b Σ_s Σ_t α[b, s, t] · mean_{c,h,w}(proj_st(s_b) − t_b)² / (B · S).
+
+Gradients reach the student features (through the projectors *and* the Gram/query path) and the
+query/key MLPs through ``α``; teacher features are detached, like the authors' training loop.
+
+The authors' code is tied to one batch size (the MLP input is a Gram row of length B). ``mode="faithful"``
+keeps that; ``mode="batch_free"`` is this library's batch-size-independent variant (see :class:`SemCKD`).
+
+Generalisations relative to the authors' ``SelfA`` (identical results on their square maps):
+non-square maps are pooled per dimension to ``(min(Hs, Ht), min(Ws, Wt))``; the authors pool to a
+square of the student's/teacher's height only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MODES", "MLPEmbed", "OfficialLayoutMixin", "SemCKD", "make_projector", "pair_size"]
+
+MODES = ("faithful", "batch_free")
+# adaptive-pool grid of the batch_free descriptor: keeps coarse spatial layout, any input size works
+_FREE_GRID = (2, 2)
+
+
+class MLPEmbed(nn.Module):
+    """Linear(in, 2d) → ReLU → Linear(2d, d) → row-wise L2 normalisation (the authors' ``MLPEmbed``)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim_in, 2 * dim_out)
+        self.linear2 = nn.Linear(2 * dim_out, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.linear2(F.relu(self.linear1(x.flatten(1)))), dim=1)
+
+
+def make_projector(c_in: int, c_out: int) -> nn.Sequential:
+    """1×1 conv → BN → ReLU → 3×3 conv → BN → ReLU → 1×1 conv, mid width 2·c_out, no conv bias.
+
+    Indices 0, 1, 3, 4, 6 hold the parameters, matching the authors' ``AAEmbed.regressor`` so official
+    weights map one to one.
+    """
+    mid = 2 * c_out
+    return nn.Sequential(
+        nn.Conv2d(c_in, mid, 1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid, c_out, 1, bias=False),
+    )
+
+
+def pair_size(s_hw: Sequence[int], t_hw: Sequence[int]) -> tuple[int, int]:
+    """Spatial size a (student, teacher) pair is compared at: the smaller map, per dimension."""
+    return min(int(s_hw[0]), int(t_hw[0])), min(int(s_hw[1]), int(t_hw[1]))
+
+
+def _pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
+
+
+# ---------------------------------------------------------------------- official (authors') weight layout
+class OfficialLayoutMixin:
+    """Conversion between this library's layout and the authors' ``SelfA`` state-dict keys.
+
+    Shared by :class:`SemCKD` and :class:`semckd.reference.ReferenceSemCKD`, which both keep
+    ``query[i]``, ``key[j]`` (:class:`MLPEmbed`) and ``projectors[i][j]`` (:func:`make_projector`).
+
+    The authors name pair modules ``'regressor' + str(i) + str(j)``; from 10 layers on two pairs can get
+    one name (``regressor110`` is (1, 10) and (11, 0)) and their ``setattr`` silently overwrites one
+    module with the other. Since S and T are known here, a name is decoded unambiguously whenever only
+    one split is valid; when two valid pairs share a name, the official layout cannot represent the
+    module and both directions raise ``ValueError``.
+    """
+
+    num_student: int
+    num_teacher: int
+
+    def _official_prefixes(self) -> dict[str, str]:
+        """internal prefix → official prefix, for every parameterised submodule."""
+        out: dict[str, str] = {}
+        for i in range(self.num_student):
+            out[f"query.{i}."] = f"query_weight{i}."
+        for j in range(self.num_teacher):
+            out[f"key.{j}."] = f"key_weight{j}."
+        owner: dict[str, tuple[int, int]] = {}
+        for i in range(self.num_student):
+            for j in range(self.num_teacher):
+                name = f"regressor{i}{j}"
+                if name in owner:
+                    raise ValueError(
+                        f"the authors' key layout is ambiguous for {self.num_student} student × "
+                        f"{self.num_teacher} teacher layers: pairs {owner[name]} and {(i, j)} are both "
+                        f"{name!r}; save/load with state_dict() instead of the official layout")
+                owner[name] = (i, j)
+                out[f"projectors.{i}.{j}."] = f"{name}.regressor."
+        return out
+
+    def official_state_dict(self) -> dict[str, torch.Tensor]:
+        """State in the authors' ``SelfA`` key layout (``query_weight0.linear1.weight``, ...)."""
+        prefixes = self._official_prefixes()
+        out: dict[str, torch.Tensor] = {}
+        for key, value in self.state_dict().items():  # type: ignore[attr-defined]
+            for ours, theirs in prefixes.items():
+                if key.startswith(ours):
+                    out[theirs + key[len(ours):]] = value
+                    break
+            else:  # pragma: no cover - every parameter lives under one of the prefixes
+                raise RuntimeError(f"no official name for {key!r}")
+        return out
+
+    def load_official_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
+        """Load weights saved from the authors' ``SelfA`` (a leading ``module.`` from DDP is stripped).
+
+        The dict must match exactly: the first missing, unexpected or mis-shaped key is named in the
+        ``ValueError``. A faithful-mode module only accepts weights trained at its own batch size.
+        """
+        if not isinstance(sd, Mapping):
+            raise ValueError(f"expected a state dict (mapping of names to tensors), got {type(sd).__name__}")
+        sd = dict(sd)
+        if sd and all(k.startswith("module.") for k in sd):
+            sd = {k[len("module."):]: v for k, v in sd.items()}
+        own = self.official_state_dict()
+        hint = (f"this module has {self.num_student} student and {self.num_teacher} teacher layers, "
+                f"batch_size={getattr(self, 'batch_size', '?')}, factor={getattr(self, 'factor', '?')}")
+        for k in own:
+            if k not in sd:
+                raise ValueError(f"official SemCKD state dict is missing key {k!r} ({hint})")
+        for k in sd:
+            if k not in own:
+                raise ValueError(f"official SemCKD state dict has unexpected key {k!r} ({hint})")
+        for k, v in own.items():
+            got = sd[k]
+            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(v.shape):
+                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+                raise ValueError(f"official SemCKD key {k!r} has shape {shape}, expected {tuple(v.shape)} "
+                                 f"({hint})")
+        back = {theirs: ours for ours, theirs in self._official_prefixes().items()}
+        internal: dict[str, torch.Tensor] = {}
+        for k, v in sd.items():
+            for theirs, ours in back.items():
+                if k.startswith(theirs):
+                    internal[ours + k[len(theirs):]] = v
+                    break
+        self.load_state_dict(internal, strict=True)  # type: ignore[attr-defined]
+
+
+def _check_sizes(student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int,
+                 factor: int, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown SemCKD mode {mode!r}; use one of {', '.join(MODES)}")
+    if not student_channels or not teacher_channels:
+        raise ValueError("SemCKD needs at least one student and one teacher layer; check the tap names")
+    if any(int(c) < 1 for c in [*student_channels, *teacher_channels]):
+        raise ValueError("SemCKD channel counts must be positive integers")
+    if factor < 1 or batch_size < factor:
+        raise ValueError(f"SemCKD needs batch_size ≥ factor ≥ 1 (embedding width batch_size // factor), got "
+                         f"batch_size={batch_size}, factor={factor}; use a larger batch or a smaller factor")
+
+
+def _check_feats(name: str, feats: Sequence[torch.Tensor], channels: Sequence[int]) -> None:
+    if len(feats) != len(channels):
+        raise ValueError(f"SemCKD was built for {len(channels)} {name} layers but got {len(feats)}; "
+                         "tap the same layers the module was sized from")
+    for i, (f, c) in enumerate(zip(feats, channels, strict=True)):
+        if f.dim() != 4 or f.shape[1] != c:
+            raise ValueError(f"{name} feature {i} has shape {tuple(f.shape)}, expected (B, {c}, H, W)")
+
+
+class SemCKD(OfficialLayoutMixin, nn.Module):
+    """The SemCKD criterion: ``loss, attention = SemCKD(...)(student_feats, teacher_feats)``.
+
+    ``attention`` is ``α`` with shape (B, S, T); ``loss`` is a float32 scalar (float64 for a float64
+    module). Each argument is a list of (B, C, H, W) maps, shallow → deep; maps may be non-square and of
+    any size per layer.
+
+    Modes:
+
+    * ``"faithful"`` (default) — the paper/authors' method: a query/key MLP reads a sample's row of the
+      B×B batch Gram matrix, so the MLP input size *is* ``batch_size`` and every batch must have exactly
+      that size (a ``ValueError`` says so otherwise; drop the last partial batch).
+    * ``"batch_free"`` — this library's variant for any batch size ≥ 1 (last partial batch, batch 1,
+      evaluation one image at a time). The Gram row (how a sample relates to the *other samples of the
+      batch* at that layer) is replaced by a per-sample descriptor: the map average-pooled to a 2×2 grid
+      and flattened (4·C values, independent of B and of H×W), fed to the same MLP shape
+      (4·C → 2d → d, d = batch_size // factor, so ``batch_size`` only sets the width here). Everything
+      else — attention, projectors, loss — is unchanged. Trade-off: the attention no longer sees batch
+      relations (the paper's "semantic" similarity structure), only each sample's own coarse
+      activations; in exchange it is deterministic per sample (independent of what else is in the
+      batch), works at any batch size, and its MLP size scales with channels instead of batch size.
+      Its numbers are not the paper's; use faithful mode to reproduce the paper.
+
+    Speed: the hot path is the S·T projectors, i.e. convolutions, so exact fp32 gains are small. The
+    student map is pooled once per distinct target size and the teacher once per size; the attention
+    MLPs of all layers run as one batched matmul; the loss is one batched weighting of the (B, S, T)
+    per-pair errors. ``channels_last=None`` uses channels-last activations on CPU and under autocast
+    (oneDNN's faster layout; ~2× with bf16 autocast on CPU). ``fuse=True`` additionally gives pairs that
+    read the same pooled student input one 1×1 conv (concatenated weights), and pairs that share a
+    teacher layer and size grouped 3×3 / 1×1 convs, one BN over the concatenated channels (exact: BN is
+    per channel) and one batched MSE. Numbers are equal either way (1e-6 rel.), but on CPU the grouped
+    convs measured slower than separate ones, so it is off by default; it targets launch-bound GPUs
+    (benchmark with ``python -m semckd.reference --device cuda`` before switching it on). The attention
+    branch and the loss reductions always run in float32 (autocast disabled); projectors follow the
+    ambient autocast.
+    """
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int = 64,
+                 factor: int = 4, mode: str = "faithful", *, fuse: bool = False,
+                 channels_last: bool | None = None) -> None:
+        super().__init__()
+        _check_sizes(student_channels, teacher_channels, batch_size, factor, mode)
+        self.student_channels = [int(c) for c in student_channels]
+        self.teacher_channels = [int(c) for c in teacher_channels]
+        self.num_student, self.num_teacher = len(self.student_channels), len(self.teacher_channels)
+        self.batch_size, self.factor, self.mode = int(batch_size), int(factor), mode
+        self.fuse = bool(fuse)
+        self.channels_last = channels_last
+        dim = self.batch_size // self.factor
+        if mode == "faithful":
+            s_in = [self.batch_size] * self.num_student
+            t_in = [self.batch_size] * self.num_teacher
+        else:
+            cells = _FREE_GRID[0] * _FREE_GRID[1]
+            s_in = [cells * c for c in self.student_channels]
+            t_in = [cells * c for c in self.teacher_channels]
+        self.query = nn.ModuleList(MLPEmbed(n, dim) for n in s_in)
+        self.key = nn.ModuleList(MLPEmbed(n, dim) for n in t_in)
+        self.projectors = nn.ModuleList(
+            nn.ModuleList(make_projector(cs, ct) for ct in self.teacher_channels)
+            for cs in self.student_channels)
+
+    def extra_repr(self) -> str:
+        return (f"student_channels={self.student_channels}, teacher_channels={self.teacher_channels}, "
+                f"batch_size={self.batch_size}, factor={self.factor}, mode={self.mode!r}")
+
+    # ------------------------------------------------------------------ input checks
+    def _prepare(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        _check_feats("student", student_feats, self.student_channels)
+        _check_feats("teacher", teacher_feats, self.teacher_channels)
+        fs, ft = list(student_feats), [f.detach() for f in teacher_feats]
+        b = fs[0].shape[0]
+        if any(f.shape[0] != b for f in fs + ft):
+            raise ValueError(f"SemCKD features disagree on the batch size: "
+                             f"{[f.shape[0] for f in fs]} (student), {[f.shape[0] for f in ft]} (teacher)")
+        if self.mode == "faithful" and b != self.batch_size:
+            raise ValueError(
+                f"SemCKD (faithful mode) was built for batch size {self.batch_size} but got a batch of {b}; "
+                "drop the last partial batch (drop_last=True) or use mode='batch_free'")
+        p = self.query[0].linear1.weight
+        if fs[0].device != p.device:
+            raise ValueError(f"SemCKD parameters are on {p.device} but the features are on {fs[0].device}; "
+                             "move the module with .to(device)")
+        return fs, ft
+
+    def _work_dtype(self) -> torch.dtype:
+        return torch.float64 if self.query[0].linear1.weight.dtype == torch.float64 else torch.float32
+
+    # ------------------------------------------------------------------ attention
+    def _descriptors(self, feats: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        if self.mode == "faithful":
+            out = []
+            for f in feats:
+                flat = f.reshape(f.shape[0], -1).to(dtype)
+                out.append(flat @ flat.t())  # the authors' unnormalised batch Gram matrix
+            return out
+        return [F.adaptive_avg_pool2d(f.to(dtype), _FREE_GRID).flatten(1) for f in feats]
+
+    @staticmethod
+    def _embed(mlps: nn.ModuleList, desc: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """Run layer ``i``'s MLP on ``desc[i]``; one batched matmul when all inputs have one shape."""
+        if len(desc) > 1 and all(d.shape == desc[0].shape for d in desc):
+            x = torch.stack(desc)  # (L, B, N)
+            w1 = torch.stack([m.linear1.weight for m in mlps]).to(dtype)  # (L, 2d, N)
+            b1 = torch.stack([m.linear1.bias for m in mlps]).to(dtype)
+            w2 = torch.stack([m.linear2.weight for m in mlps]).to(dtype)
+            b2 = torch.stack([m.linear2.bias for m in mlps]).to(dtype)
+            h = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2)).relu()
+            out = torch.baddbmm(b2.unsqueeze(1), h, w2.transpose(1, 2))
+            return F.normalize(out, dim=2).transpose(0, 1)  # (B, L, d)
+        outs = []
+        for m, d in zip(mlps, desc, strict=True):
+            h = F.linear(d, m.linear1.weight.to(dtype), m.linear1.bias.to(dtype)).relu()
+            outs.append(F.normalize(F.linear(h, m.linear2.weight.to(dtype), m.linear2.bias.to(dtype)), dim=1))
+        return torch.stack(outs, dim=1)
+
+    def _attention(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
+        dtype = self._work_dtype()
+        with torch.autocast(fs[0].device.type, enabled=False):
+            q = self._embed(self.query, self._descriptors(fs, dtype), dtype)  # (B, S, d)
+            k = self._embed(self.key, self._descriptors(ft, dtype), dtype)  # (B, T, d)
+            return torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)
+
+    def attention(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
+                  ) -> torch.Tensor:
+        """α (B, S, T) alone: skips the projectors (used to log attention on test batches)."""
+        fs, ft = self._prepare(student_feats, teacher_feats)
+        return self._attention(fs, ft)
+
+    # ------------------------------------------------------------------ projectors and per-pair MSE
+    def _use_channels_last(self, device: torch.device) -> bool:
+        if self.channels_last is not None:
+            return self.channels_last
+        return device.type == "cpu" or torch.is_autocast_enabled(device.type)
+
+    def _inputs(self, fs: list[torch.Tensor], ft: list[torch.Tensor]):
+        """Pooled student inputs per (s, size) and pooled teacher targets per (t, size), each made once."""
+        device = fs[0].device
+        cl = self._use_channels_last(device)
+        if not torch.is_autocast_enabled(device.type):
+            dtype = self.projectors[0][0][0].weight.dtype
+            fs = [f.to(dtype) for f in fs]
+        sizes = {(s, t): pair_size(fs[s].shape[-2:], ft[t].shape[-2:])
+                 for s in range(self.num_student) for t in range(self.num_teacher)}
+        xs: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
+        ys: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
+        for (s, t), size in sizes.items():
+            if (s, size) not in xs:
+                x = _pool(fs[s], size)
+                xs[(s, size)] = x.contiguous(memory_format=torch.channels_last) if cl else x
+            if (t, size) not in ys:
+                ys[(t, size)] = _pool(ft[t], size)
+        return sizes, xs, ys
+
+    @staticmethod
+    def _sample_mse(out: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per-sample mean squared error over C·H·W, in ``dtype`` (float32 under autocast)."""
+        return (out.to(dtype) - target.to(dtype)).pow(2).mean(dim=(-3, -2, -1))
+
+    def _pair_losses_loop(self, fs, ft) -> torch.Tensor:
+        dtype = self._work_dtype()
+        sizes, xs, ys = self._inputs(fs, ft)
+        cols = []
+        for s in range(self.num_student):
+            for t in range(self.num_teacher):
+                size = sizes[(s, t)]
+                out = self.projectors[s][t](xs[(s, size)])
+                cols.append(self._sample_mse(out, ys[(t, size)], dtype))
+        return torch.stack(cols, dim=1).view(-1, self.num_student, self.num_teacher)
+
+    def _fused_bn(self, x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tensor:
+        """One batch_norm over concatenated channels of several BN layers (identical: BN is per channel)."""
+        if len(bns) == 1:
+            return bns[0](x)
+        weight = torch.cat([b.weight for b in bns])
+        bias = torch.cat([b.bias for b in bns])
+        rm = torch.cat([b.running_mean for b in bns])
+        rv = torch.cat([b.running_var for b in bns])
+        training = self.training
+        momentum = bns[0].momentum if bns[0].momentum is not None else 0.1
+        y = F.batch_norm(x, rm, rv, weight, bias, training, momentum, bns[0].eps)
+        if training:
+            with torch.no_grad():
+                off = 0
+                for b in bns:
+                    n = b.num_features
+                    b.running_mean.copy_(rm[off:off + n])
+                    b.running_var.copy_(rv[off:off + n])
+                    b.num_batches_tracked.add_(1)
+                    off += n
+        return y
+
+    def _pair_losses_fused(self, fs, ft) -> torch.Tensor:
+        dtype = self._work_dtype()
+        sizes, xs, ys = self._inputs(fs, ft)
+        cl = self._use_channels_last(fs[0].device)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        # 1×1 convs fused over pairs reading the same pooled student input
+        first: dict[tuple[int, int], torch.Tensor] = {}
+        for (s, size), x in xs.items():
+            ts = [t for t in range(self.num_teacher) if sizes[(s, t)] == size]
+            convs = [self.projectors[s][t][0] for t in ts]
+            w = convs[0].weight if len(convs) == 1 else torch.cat([c.weight for c in convs])
+            y = F.conv2d(x, w)
+            parts = torch.split(y, [c.out_channels for c in convs], dim=1)
+            for t, part in zip(ts, parts, strict=True):
+                first[(s, t)] = part
+        # the rest grouped over pairs sharing a teacher layer and size
+        cols: dict[tuple[int, int], torch.Tensor] = {}
+        for (t, size), target in ys.items():
+            ss = [s for s in range(self.num_student) if sizes[(s, t)] == size]
+            mods = [self.projectors[s][t] for s in ss]
+            n = len(ss)
+            h = first[(ss[0], t)] if n == 1 else torch.cat([first[(s, t)] for s in ss], dim=1)
+            h = F.relu(self._fused_bn(h, [m[1] for m in mods]))
+            w3 = mods[0][3].weight if n == 1 else torch.cat([m[3].weight for m in mods])
+            h = F.conv2d(h.contiguous(memory_format=fmt), w3, padding=1, groups=n)
+            h = F.relu(self._fused_bn(h, [m[4] for m in mods]))
+            w6 = mods[0][6].weight if n == 1 else torch.cat([m[6].weight for m in mods])
+            out = F.conv2d(h, w6, groups=n)
+            out = out.unflatten(1, (n, self.teacher_channels[t]))  # (B, n, C_t, h, w)
+            mse = self._sample_mse(out, target.unsqueeze(1), dtype)  # (B, n)
+            for k, s in enumerate(ss):
+                cols[(s, t)] = mse[:, k]
+        order = [cols[(s, t)] for s in range(self.num_student) for t in range(self.num_teacher)]
+        return torch.stack(order, dim=1).view(-1, self.num_student, self.num_teacher)
+
+    def pair_losses(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
+                    ) -> torch.Tensor:
+        """Per-sample MSE of every projected pair, (B, S, T), before the attention weighting."""
+        fs, ft = self._prepare(student_feats, teacher_feats)
+        return self._pair_losses(fs, ft)
+
+    def _pair_losses(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
+        if self.fuse:
+            return self._pair_losses_fused(fs, ft)
+        return self._pair_losses_loop(fs, ft)
+
+    def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        fs, ft = self._prepare(student_feats, teacher_feats)
+        attention = self._attention(fs, ft)
+        losses = self._pair_losses(fs, ft)
+        b = attention.shape[0]
+        loss = (attention * losses).sum() / (b * self.num_student)
+        return loss, attention

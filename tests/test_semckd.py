@@ -1,0 +1,341 @@
+"""SemCKD criterion: parity with a direct transcription of the equations, gradients, weight layout, modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semckd.reference import ReferenceSemCKD, benchmark
+from semckd.semckd import SemCKD
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core box OpenMP barrier waits
+    make each step seconds long; restored afterwards for other test modules."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------- independent transcription
+def naive_semckd(sd: dict[str, torch.Tensor], fs: list[torch.Tensor], ft: list[torch.Tensor],
+                 mode: str = "faithful", training: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's equations written out with explicit loops over samples and pairs.
+
+    Reads parameters by name from a module's ``state_dict()`` (``query.i``, ``key.j``,
+    ``projectors.i.j``) and calls no code from the library.
+    """
+    B, S, T = fs[0].shape[0], len(fs), len(ft)
+    ft = [f.detach() for f in ft]
+
+    def mlp(prefix: str, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(x @ sd[prefix + "linear1.weight"].t() + sd[prefix + "linear1.bias"])
+        o = h @ sd[prefix + "linear2.weight"].t() + sd[prefix + "linear2.bias"]
+        return o / o.norm(dim=1, keepdim=True)
+
+    def describe(f: torch.Tensor) -> torch.Tensor:
+        if mode == "faithful":
+            flat = f.reshape(B, -1)
+            return flat @ flat.t()
+        return F.adaptive_avg_pool2d(f, (2, 2)).reshape(B, -1)
+
+    q = [mlp(f"query.{i}.", describe(fs[i])) for i in range(S)]
+    k = [mlp(f"key.{j}.", describe(ft[j])) for j in range(T)]
+    rows = []
+    for b in range(B):
+        per_s = []
+        for s in range(S):
+            energy = torch.stack([(q[s][b] * k[t][b]).sum() for t in range(T)])
+            per_s.append(torch.softmax(energy, dim=0))
+        rows.append(torch.stack(per_s))
+    alpha = torch.stack(rows)  # B × S × T
+
+    def bn(x: torch.Tensor, p: str) -> torch.Tensor:
+        if training:
+            return F.batch_norm(x, None, None, sd[p + "weight"], sd[p + "bias"], True, 0.0, 1e-5)
+        return F.batch_norm(x, sd[p + "running_mean"], sd[p + "running_var"], sd[p + "weight"],
+                            sd[p + "bias"], False, 0.0, 1e-5)
+
+    loss = fs[0].new_zeros(())
+    for s in range(S):
+        for t in range(T):
+            h = min(fs[s].shape[2], ft[t].shape[2])
+            w = min(fs[s].shape[3], ft[t].shape[3])
+            x = F.adaptive_avg_pool2d(fs[s], (h, w))
+            y = F.adaptive_avg_pool2d(ft[t], (h, w))
+            p = f"projectors.{s}.{t}."
+            z = torch.relu(bn(F.conv2d(x, sd[p + "0.weight"]), p + "1."))
+            z = torch.relu(bn(F.conv2d(z, sd[p + "3.weight"], padding=1), p + "4."))
+            z = F.conv2d(z, sd[p + "6.weight"])
+            mse = ((z - y) ** 2).reshape(B, -1).mean(dim=1)
+            loss = loss + (alpha[:, s, t] * mse).sum()
+    return loss / (B * S), alpha
+
+
+def feats(B: int, shapes: list[tuple[int, int, int]], seed: int, grad: bool = False,
+          dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = [torch.randn(B, *s, generator=g, dtype=dtype).relu() for s in shapes]
+    return [f.requires_grad_() for f in out] if grad else out
+
+
+def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial BN affine params and running stats, so the parity tests see them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buf in module.named_buffers():
+            if name.endswith("running_mean"):
+                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
+        for name, p in module.named_parameters():
+            if ".1.weight" in name or ".4.weight" in name:
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif ".1.bias" in name or ".4.bias" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return module
+
+
+CONFIGS = {
+    # name: (B, student (C, H, W), teacher (C, H, W), factor)
+    "three_layers": (8, [(4, 8, 8), (8, 4, 4), (16, 2, 2)], [(6, 8, 8), (12, 4, 4), (24, 2, 2)], 4),
+    "more_than_ten": (4, [(2 + i % 3, 4 - i % 2, 4) for i in range(12)],
+                      [(3 + i % 2, 2 + i % 3, 3) for i in range(11)], 2),
+    "non_square": (6, [(4, 6, 10), (8, 3, 5)], [(6, 4, 12), (5, 6, 4), (3, 2, 2)], 3),
+    "student_larger_and_smaller": (5, [(3, 8, 8), (5, 2, 2)], [(4, 4, 4)], 5),
+}
+IMPLS = {
+    "fast": dict(cls=SemCKD, kw={}),
+    "fast_fused": dict(cls=SemCKD, kw={"fuse": True}),
+    "fast_nchw_fused": dict(cls=SemCKD, kw={"fuse": True, "channels_last": False}),
+    "reference": dict(cls=ReferenceSemCKD, kw={}),
+}
+
+
+def build(impl: str, s_shapes, t_shapes, B: int, factor: int, mode: str = "faithful", seed: int = 0):
+    torch.manual_seed(seed)
+    spec = IMPLS[impl]
+    m = spec["cls"]([c for c, _, _ in s_shapes], [c for c, _, _ in t_shapes], batch_size=B, factor=factor,
+                    mode=mode, **spec["kw"])
+    return randomize(m, seed)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_parity_with_naive_equations(config: str, impl: str) -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS[config]
+    m = build(impl, s_shapes, t_shapes, B, factor)
+    fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    want_loss, want_att = naive_semckd(sd, fs, ft)
+    loss, att = m(fs, ft)
+    assert att.shape == (B, len(s_shapes), len(t_shapes))
+    torch.testing.assert_close(att, want_att, rtol=0, atol=1e-6)
+    assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
+    # gradients w.r.t. the student features agree too (checks the fused/batched backward)
+    got = torch.autograd.grad(loss, fs)
+    want = torch.autograd.grad(want_loss, fs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item())
+
+
+@pytest.mark.parametrize("impl", ["fast", "fast_fused", "reference"])
+def test_parity_eval_mode_and_batch_free(impl: str) -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS["non_square"]
+    for mode in ("faithful", "batch_free"):
+        m = build(impl, s_shapes, t_shapes, B, factor, mode=mode).eval()
+        fs, ft = feats(B, s_shapes, 3), feats(B, t_shapes, 4)
+        want_loss, want_att = naive_semckd(m.state_dict(), fs, ft, mode=mode, training=False)
+        loss, att = m(fs, ft)
+        torch.testing.assert_close(att, want_att, rtol=0, atol=1e-6)
+        assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
+
+
+def test_float64_module_follows_dtype() -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
+    m = build("fast", s_shapes, t_shapes, B, factor).double()
+    fs, ft = feats(B, s_shapes, 5, dtype=torch.float64), feats(B, t_shapes, 6, dtype=torch.float64)
+    loss, att = m(fs, ft)
+    assert loss.dtype == att.dtype == torch.float64
+    want_loss, _ = naive_semckd(m.state_dict(), fs, ft)
+    assert abs(loss.item() - want_loss.item()) <= 1e-10 * abs(want_loss.item())
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_gradients_reach_student_mlps_projectors_not_teacher(fuse: bool) -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
+    m = SemCKD([c for c, _, _ in s_shapes], [c for c, _, _ in t_shapes], batch_size=B, factor=factor,
+               fuse=fuse)
+    fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2, grad=True)
+    loss, att = m(fs, ft)
+    # attention is not detached: it carries gradient back to the student features (via the Gram path)
+    g_att = torch.autograd.grad(att[:, :, 0].sum(), fs, retain_graph=True)
+    assert all(g.abs().sum() > 0 for g in g_att)
+    loss.backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in fs)
+    assert all(f.grad is None for f in ft)
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_fused_path_updates_bn_running_stats_like_loop() -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
+    a = build("fast", s_shapes, t_shapes, B, factor)
+    b = build("fast_fused", s_shapes, t_shapes, B, factor)
+    b.load_state_dict(a.state_dict())
+    fs, ft = feats(B, s_shapes, 7), feats(B, t_shapes, 8)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    a(fs, ft)
+    b(fs, ft)
+    sa, sb = a.state_dict(), b.state_dict()
+    changed = [k for k in sa if "running" in k and not torch.equal(sa[k], before[k])]
+    assert len(changed) == 2 * 2 * 9  # mean and var of both BNs of all 9 pairs moved
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- official (authors') layout
+def test_official_layout_round_trip_and_cross_load() -> None:
+    m = build("fast", [(4, 4, 4), (8, 2, 2)], [(6, 4, 4), (5, 2, 2), (3, 2, 2)], 8, 4)
+    sd = m.official_state_dict()
+    assert {"query_weight0.linear1.weight", "query_weight1.linear2.bias", "key_weight2.linear1.weight",
+            "regressor12.regressor.0.weight", "regressor12.regressor.1.running_var",
+            "regressor01.regressor.4.num_batches_tracked", "regressor10.regressor.6.weight"} <= set(sd)
+    assert not any(k.startswith(("query.", "key.", "projectors.")) for k in sd)
+    assert sd["query_weight0.linear1.weight"].shape == (4, 8)  # Linear(batch 8 → 2·(8 // 4))
+    assert sd["regressor12.regressor.3.weight"].shape == (6, 6, 3, 3)
+    ref = ReferenceSemCKD([4, 8], [6, 5, 3], batch_size=8)
+    ref.load_official_state_dict(sd)
+    fs, ft = feats(8, [(4, 4, 4), (8, 2, 2)], 1), feats(8, [(6, 4, 4), (5, 2, 2), (3, 2, 2)], 2)
+    m.eval()
+    ref.eval()
+    (l1, a1), (l2, a2) = m(fs, ft), ref(fs, ft)
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(l1, l2)
+    back = ref.official_state_dict()
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+    ddp = {"module." + k: v for k, v in sd.items()}  # a DDP-saved dict loads too
+    SemCKD([4, 8], [6, 5, 3], batch_size=8).load_official_state_dict(ddp)
+
+
+def test_official_layout_rejects_mismatched_dicts() -> None:
+    m = SemCKD([4, 8], [6, 5], batch_size=8)
+    good = m.official_state_dict()
+    missing = {k: v for k, v in good.items() if k != "regressor11.regressor.4.running_mean"}
+    with pytest.raises(ValueError, match="missing key 'regressor11.regressor.4.running_mean'"):
+        m.load_official_state_dict(missing)
+    with pytest.raises(ValueError, match="unexpected key 'regressor22.regressor.0.weight'"):
+        m.load_official_state_dict({**good, "regressor22.regressor.0.weight": torch.zeros(1)})
+    wrong = dict(good)
+    wrong["query_weight1.linear1.weight"] = torch.zeros(4, 16)  # trained at batch size 16
+    with pytest.raises(ValueError, match=r"'query_weight1.linear1.weight' has shape \(4, 16\)"):
+        m.load_official_state_dict(wrong)
+    with pytest.raises(ValueError, match="missing key 'query_weight0"):
+        m.load_official_state_dict(m.state_dict())  # our own layout is not the official one
+    with pytest.raises(ValueError, match="state dict"):
+        m.load_official_state_dict([1, 2])  # type: ignore[arg-type]
+    # nothing was half-loaded by the failed attempts
+    assert all(torch.equal(v, good[k]) for k, v in m.official_state_dict().items())
+
+
+def test_official_layout_past_ten_layers() -> None:
+    # 11 × 3: names like regressor100 (10, 0) and regressor10 (1, 0) are distinct → representable
+    m = SemCKD([2] * 11, [3, 4, 5], batch_size=4, factor=2)
+    sd = m.official_state_dict()
+    assert "regressor100.regressor.0.weight" in sd and "regressor10.regressor.0.weight" in sd
+    assert sd["regressor100.regressor.6.weight"].shape == (3, 6, 1, 1)
+    assert sd["regressor12.regressor.6.weight"].shape == (5, 10, 1, 1)
+    other = SemCKD([2] * 11, [3, 4, 5], batch_size=4, factor=2)
+    other.load_official_state_dict(sd)
+    assert all(torch.equal(v, sd[k]) for k, v in other.official_state_dict().items())
+    # 12 × 11: (1, 10) and (11, 0) would both be 'regressor110' → refused in both directions
+    amb = SemCKD([2] * 12, [2] * 11, batch_size=4, factor=2)
+    with pytest.raises(ValueError, match="regressor110"):
+        amb.official_state_dict()
+    with pytest.raises(ValueError, match="ambiguous"):
+        amb.load_official_state_dict(sd)
+    amb.load_state_dict(amb.state_dict())  # our own nested layout has no such problem
+
+
+# ---------------------------------------------------------------------- modes and input checks
+def test_faithful_mode_rejects_other_batch_sizes() -> None:
+    m = SemCKD([4], [6], batch_size=8)
+    with pytest.raises(ValueError, match=r"batch size 8 but got a batch of 5.*drop the last.*batch_free"):
+        m(feats(5, [(4, 4, 4)], 1), feats(5, [(6, 4, 4)], 2))
+    with pytest.raises(ValueError, match="batch size 8 but got a batch of 5"):
+        ReferenceSemCKD([4], [6], batch_size=8)(feats(5, [(4, 4, 4)], 1), feats(5, [(6, 4, 4)], 2))
+
+
+@pytest.mark.parametrize("B", [1, 7, 64])
+def test_batch_free_takes_any_batch_size(B: int) -> None:
+    s_shapes, t_shapes = [(4, 4, 4), (8, 2, 2)], [(6, 4, 4), (5, 2, 3)]
+    m = SemCKD([4, 8], [6, 5], batch_size=16, mode="batch_free").eval()  # eval: BN needs no batch stats
+    fs, ft = feats(B, s_shapes, B, grad=True), feats(B, t_shapes, B + 1)
+    loss, att = m(fs, ft)
+    assert att.shape == (B, 2, 2) and torch.isfinite(loss)
+    torch.testing.assert_close(att.sum(-1), torch.ones(B, 2))
+    loss.backward()
+    assert all(f.grad is not None for f in fs)
+    # a sample's attention does not depend on the rest of the batch
+    one = m.attention([f[:1] for f in fs], [f[:1] for f in ft])
+    torch.testing.assert_close(one[0], att[0], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_free_trains_with_batch_of_seven() -> None:
+    m = SemCKD([4, 8], [6, 5], batch_size=64, mode="batch_free")  # train mode: BN batch statistics
+    loss, att = m(feats(7, [(4, 4, 4), (8, 2, 2)], 1), feats(7, [(6, 4, 4), (5, 2, 3)], 2))
+    assert att.shape == (7, 2, 2) and torch.isfinite(loss)
+
+
+def test_autocast_bf16_cpu_close_to_fp32() -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
+    m = build("fast", s_shapes, t_shapes, B, factor).eval()
+    fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2)
+    loss32, att32 = m(fs, ft)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, att16 = m(fs, ft)
+    assert loss16.dtype == torch.float32 and att16.dtype == torch.float32
+    torch.testing.assert_close(att16, att32, rtol=0, atol=1e-6)  # attention runs in fp32 regardless
+    assert abs(loss16.item() - loss32.item()) <= 2e-2 * abs(loss32.item())
+    loss16.backward()
+    assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in fs)
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in m.parameters())
+
+
+def test_channels_last_inputs_give_same_numbers() -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
+    m = build("fast", s_shapes, t_shapes, B, factor).eval()
+    fs, ft = feats(B, s_shapes, 1), feats(B, t_shapes, 2)
+    cl = [f.contiguous(memory_format=torch.channels_last) for f in fs + ft]
+    (l1, a1), (l2, a2) = m(fs, ft), m(cl[:3], cl[3:])
+    torch.testing.assert_close(a1, a2)
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=0)
+
+
+def test_bad_configuration_and_inputs_raise_value_errors() -> None:
+    with pytest.raises(ValueError, match="unknown SemCKD mode"):
+        SemCKD([4], [6], mode="fast")
+    with pytest.raises(ValueError, match="batch_size=2, factor=4"):
+        SemCKD([4], [6], batch_size=2)
+    with pytest.raises(ValueError, match="at least one"):
+        SemCKD([], [6])
+    m = SemCKD([4, 8], [6], batch_size=4)
+    with pytest.raises(ValueError, match="built for 2 student layers but got 1"):
+        m(feats(4, [(4, 2, 2)], 1), feats(4, [(6, 2, 2)], 2))
+    with pytest.raises(ValueError, match=r"student feature 1 has shape \(4, 7, 2, 2\)"):
+        m(feats(4, [(4, 2, 2), (7, 2, 2)], 1), feats(4, [(6, 2, 2)], 2))
+    with pytest.raises(ValueError, match="disagree on the batch size"):
+        m(feats(4, [(4, 2, 2), (8, 2, 2)], 1), feats(3, [(6, 2, 2)], 2))
+
+
+def test_benchmark_helper_reports_all_variants() -> None:
+    res = benchmark(batch_size=4, repeats=1, warmup=0, student=[(4, 4, 4), (8, 2, 2)],
+                    teacher=[(6, 4, 4), (5, 2, 2)])
+    assert set(res) == {"reference_fp32", "fast_loop_fp32", "fast_loop_bf16", "fast_fused_fp32",
+                        "fast_fused_bf16"}
+    assert res["reference_fp32"]["speedup"] == 1.0
+    assert res["fast_loop_fp32"]["rel_loss_diff"] < 1e-5 and res["fast_fused_fp32"]["rel_loss_diff"] < 1e-5
+    assert all(v["min_s"] > 0 and v["steps_per_s"] > 0 for v in res.values())
