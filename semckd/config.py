@@ -290,10 +290,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# documentation-only keys a recipe file may carry (e.g. the paper's reported accuracy); not config
+INFO_KEYS = frozenset({"reported", "notes", "description"})
+
+
 def _apply(values: dict[str, Any], layer: dict[str, Any], source: str, from_string: bool,
            explicit: set[str]) -> None:
     valid = _settable_keys()
     for key, raw in layer.items():
+        if key in INFO_KEYS and source.startswith("config file"):
+            continue
         if key not in _FIELDS or key not in valid:
             raise _unknown_key(str(key), source, valid)
         tp = _resolved_type(key)

@@ -280,6 +280,23 @@ class _Metrics:
             self.tb.close()
 
 
+def _wrap_ddp(distiller: nn.Module, device: torch.device, find_unused: bool) -> nn.Module:
+    """DDP without per-step buffer broadcasts.
+
+    Buffers are synced once at construction (all ranks start identical), but not before every forward:
+    a memory bank (CRD) is per-rank state that rank 0's copy must not overwrite each step, and BN
+    statistics are averaged at epoch end instead (:func:`distributed.average_buffers`). The teacher's
+    parameters have ``requires_grad=False`` so DDP neither reduces nor waits for them.
+    """
+    import inspect
+
+    kw: dict[str, Any] = {"device_ids": [device.index] if device.type == "cuda" else None,
+                          "find_unused_parameters": find_unused, "gradient_as_bucket_view": True}
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    kw["forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"] = False
+    return nn.parallel.DistributedDataParallel(distiller, **kw)
+
+
 # ---------------------------------------------------------------------- training
 class _Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
@@ -400,9 +417,7 @@ class _Trainer:
                 teacher.compile()
         self.model: nn.Module = distiller
         if env.enabled:
-            self.model = nn.parallel.DistributedDataParallel(
-                distiller, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False, find_unused_parameters=cfg.find_unused_parameters)
+            self.model = _wrap_ddp(distiller, device, cfg.find_unused_parameters)
         if env.is_main:
             if self.to_delete:  # --force
                 for p in self.to_delete:
@@ -414,6 +429,8 @@ class _Trainer:
         self.metrics = _Metrics(self.out, env.is_main, cfg.tensorboard,
                                 keep_upto=self.start_epoch - 1 if cfg.resume else None)
         self.num_params = sum(p.numel() for p in student.parameters())
+        if env.enabled:  # identical init everywhere (above); from here on, independent random streams
+            _seed_all(cfg.seed + 1000003 * env.rank)
 
     def _load_resume(self, ck: dict[str, Any]) -> None:
         sd, _ = split_checkpoint(ck)
@@ -430,11 +447,13 @@ class _Trainer:
         self.start_epoch = int(ck["epoch"]) + 1
         self.best_acc = float(ck.get("best_acc", 0.0))
         self.best_epoch = int(ck.get("best_epoch", 0))
-        self.rng_to_restore = ck.get("rng")
+        per_rank = ck.get("rng_per_rank") or []
+        self.rng_to_restore = (per_rank[self.env.rank] if len(per_rank) == self.env.world_size
+                               else ck.get("rng"))
         self.note(f"resuming {self.cfg.out} after epoch {int(ck['epoch'])} (best {self.best_acc:.2f}%)")
 
     # -- checkpoints
-    def _state(self, epoch: int, test: dict[str, float]) -> dict[str, Any]:
+    def _state(self, epoch: int, test: dict[str, float], rngs: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.cfg
         return {
             "format": FORMAT,
@@ -450,7 +469,8 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": capture_rng(),
+            "rng": rngs[0],
+            "rng_per_rank": rngs if len(rngs) > 1 else None,  # DDP: each rank resumes its own streams
             "epoch": epoch,
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
@@ -459,12 +479,16 @@ class _Trainer:
         }
 
     def _save(self, epoch: int, test: dict[str, float], improved: bool) -> None:
+        due = epoch % self.cfg.save_every == 0 or epoch == self.cfg.epochs
+        if not (due or improved):  # the same on every rank: test accuracy is all-reduced
+            return
+        rngs = [capture_rng()]
+        if self.env.enabled:
+            rngs = [None] * self.env.world_size  # type: ignore[list-item]
+            torch.distributed.all_gather_object(rngs, capture_rng())
         if not self.env.is_main:
             return
-        due = epoch % self.cfg.save_every == 0 or epoch == self.cfg.epochs
-        if not (due or improved):
-            return
-        state = self._state(epoch, test)
+        state = self._state(epoch, test, rngs)
         if due:
             atomic_save(state, self.out / "last.pt")
             self.last_saved = epoch

@@ -222,3 +222,39 @@ def test_rng_state_roundtrip_is_weights_only(tmp_path):
 def test_amp_and_channels_last_train(data_dir, tmp_path, opts):
     t = run(cfg(data_dir, tmp_path / "x", kind="teacher", limit_train=64, **opts))
     assert 0 <= t.summary["final_acc"] <= 100 and t.summary["best_acc"] == t.summary["final_acc"]
+
+
+def test_every_shipped_recipe_resolves():
+    files = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+    assert any("fashion_mnist" in str(f) for f in files)
+    for f in files:
+        c, _ = resolve_config("teacher" if f.stem.startswith("teacher_") else "distill", config_file=str(f))
+        assert c.model and c.epochs >= 1, f
+
+
+def test_tensorboard_scalars_when_installed(data_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls: list[tuple] = []
+
+    class FakeWriter:
+        def __init__(self, logdir):
+            calls.append(("init", logdir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            calls.append(("close",))
+
+    fake = types.SimpleNamespace(SummaryWriter=FakeWriter)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    run(cfg(data_dir, tmp_path / "tb", kind="teacher", epochs=2, limit_train=64, tensorboard=True))
+    assert calls[0] == ("init", str(tmp_path / "tb" / "tb")) and calls[-1] == ("close",)
+    acc = [(v, step) for tag, *rest in calls[1:-1] if tag == "test_acc" for v, step in [rest]]
+    lines = [json.loads(x) for x in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    assert acc == [(x["test_acc"], x["epoch"]) for x in lines]
