@@ -252,9 +252,15 @@ class _Metrics:
         self.tb = None
         if not enabled:
             return
-        if keep_upto is not None and self.path.exists():  # resume: drop epochs after the checkpoint
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= keep_upto]
+        if keep_upto is not None and self.path.exists():
+            # resume: drop epochs after the checkpoint, and a line cut short by a kill mid-write
+            kept = []
+            for ln in self.path.read_text().splitlines():
+                try:
+                    if json.loads(ln).get("epoch", 0) <= keep_upto:
+                        kept.append(ln)
+                except (ValueError, AttributeError):
+                    continue
             atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
         if tensorboard:
             try:

@@ -53,6 +53,11 @@ def test_zoo_teacher_distill_eval_end_to_end(data, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(t / "best.pt"), "--dataset", "fashion_mnist",
                  "--data-dir", data]) == 0
     assert "fashion_mnist test accuracy: top-1" in capsys.readouterr().out
+    # a bare state_dict (e.g. exported weights) needs --model and --dataset
+    torch.save(torch.load(s / "best.pt", weights_only=True)["student"], tmp_path / "plain.pt")
+    assert main(["eval", "--checkpoint", str(tmp_path / "plain.pt"), "--model", "resnet8", "--dataset",
+                 "fashion_mnist", "--data-dir", data, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_acc"] == pytest.approx(run["best_acc"])
 
 
 def test_yaml_config_then_flags_then_set(data, tmp_path):

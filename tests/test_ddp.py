@@ -21,6 +21,7 @@ from semckd.models import create_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # two torchrun processes (~15-20 s on 2 busy cores)
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_torchrun_two_processes_faithful_semckd(tmp_path):
     method = "semckd" if "semckd" in list_methods() else "kd"

@@ -131,6 +131,8 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(setup, straight):
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert state(out)["epoch"] == 1
+    with open(out / "metrics.jsonl", "a") as f:  # as if the kill had also cut a metrics line short
+        f.write('{"epoch": 2, "lr": 0.0')
     # continue from the folder alone: the saved config.yaml supplies every other setting
     assert main(["distill", "--out", str(out), "--resume", "--quiet"]) == 0
     assert_same_run(straight, out)
