@@ -396,11 +396,14 @@ class _Trainer:
                 good = self.fixed * env.world_size
                 raise UserError(f"method {spec!r} is built for batch size {self.fixed} but each process "
                                 f"trains with {self.batch}; use --batch-size {good}{hint}")
-            per_rank = num_train // env.world_size
+            per_rank = -(-num_train // env.world_size)  # shards are padded to equal size
             if per_rank < self.fixed:
                 raise UserError(f"method {spec!r} needs full batches of {self.fixed} but each process has "
                                 f"only {per_rank} training images; lower --batch-size or raise --limit-train"
                                 f"{hint}")
+            if eval_bs != self.fixed and hasattr(distiller, "observe"):
+                self.note(f"method {spec!r} summarises test batches of {self.fixed} only; with "
+                          f"--eval-batch-size {eval_bs} its per-epoch summary (extras) stays empty")
             if per_rank % self.fixed:
                 self.note(f"method {spec!r} is tied to batch size {self.fixed}: the last partial training "
                           f"batch ({per_rank % self.fixed} images per process) is dropped every epoch")

@@ -125,7 +125,7 @@ def test_training_writes_resumable_run_folder(data_dir, tmp_path):
     assert res["test_n"] == 100
 
 
-def test_hooks_fixed_batch_and_extras(data_dir, tmp_path):
+def test_hooks_fixed_batch_and_extras(data_dir, tmp_path, capsys):
     # 200 training images, batch 32: the partial batch of 8 is dropped; 100 test images at 32: 3 full + 4
     t = run(cfg(data_dir, tmp_path / "h", epochs=2, limit_train=200, method_args={"fixed": True}))
     d = t.distiller
@@ -137,6 +137,12 @@ def test_hooks_fixed_batch_and_extras(data_dir, tmp_path):
     assert "train_probe" in lines[0] and "train_ce" in lines[0]
     ck = torch.load(tmp_path / "h" / "last.pt", weights_only=True)
     assert set(ck["extras"]) == {"proj.weight", "proj.bias", "bank"} and ck["extras"]["bank"].abs().sum() > 0
+    assert "partial training batch (8 images per process) is dropped" in capsys.readouterr().err
+    # test batches of another size: training is unaffected, the summary sees nothing, the user is told
+    t = run(cfg(data_dir, tmp_path / "h2", limit_train=200, eval_batch_size=50, method_args={"fixed": True}))
+    assert "summarises test batches of 32 only" in capsys.readouterr().err
+    line = json.loads((tmp_path / "h2" / "metrics.jsonl").read_text())
+    assert line["extras"] == {"observed": []} and line["train_images"] == 192
 
 
 def test_teacher_frozen_and_optimizer_covers_student_and_method_modules(data_dir, tmp_path):
