@@ -681,6 +681,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         try:
             trainer.setup()
             return trainer.fit()
+        except torch.OutOfMemoryError:
+            raise UserError(f"out of device memory with batch size {cfg.batch_size}; lower --batch-size "
+                            "or try --amp bf16 (the last checkpoint, if any, is kept)") from None
         finally:
             trainer.close()
 

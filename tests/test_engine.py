@@ -264,3 +264,12 @@ def test_tensorboard_scalars_when_installed(data_dir, tmp_path, monkeypatch):
     acc = [(v, step) for tag, *rest in calls[1:-1] if tag == "test_acc" for v, step in [rest]]
     lines = [json.loads(x) for x in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
     assert acc == [(x["test_acc"], x["epoch"]) for x in lines]
+
+
+def test_out_of_memory_becomes_a_user_error(data_dir, tmp_path, monkeypatch):
+    def oom(self, epoch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine._Trainer, "_train_epoch", oom)
+    with pytest.raises(engine.UserError, match="out of device memory with batch size 32; lower --batch-size"):
+        engine.train(cfg(data_dir, tmp_path / "oom", kind="teacher", limit_train=64))
