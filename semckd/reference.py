@@ -21,7 +21,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .semckd import _FREE_GRID, MLPEmbed, OfficialLayoutMixin, SemCKD, _check_sizes, make_projector
+from .semckd import (
+    _FREE_GRID,
+    MLPEmbed,
+    OfficialLayoutMixin,
+    SemCKD,
+    _check_sizes,
+    make_projector,
+    no_autocast,
+)
 
 __all__ = ["ReferenceSemCKD", "benchmark"]
 
@@ -61,7 +69,7 @@ class ReferenceSemCKD(OfficialLayoutMixin, nn.Module):
 
     def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(student_feats[0].device.type, enabled=False):
+        with no_autocast(student_feats[0].device.type):
             feat_s = [f.float() for f in student_feats]
             feat_t = [f.detach().float() for f in teacher_feats]
             bsz = feat_s[0].shape[0]
@@ -127,8 +135,8 @@ def benchmark(batch_size: int = 64, repeats: int = 5, warmup: int = 1, device: s
               seed: int = 0) -> dict[str, dict[str, float]]:
     """Forward+backward of the criterion alone: the reference (fp32) against the fast module's variants.
 
-    All modules hold the same weights (loaded through the official layout). Variants are interleaved
-    step by step and the minimum and median step time of ``repeats`` steps are kept, so a shared,
+    All modules hold the same weights (the two classes share one ``state_dict`` layout). Variants are
+    interleaved step by step and the minimum and median step time of ``repeats`` steps are kept, so a shared,
     noisy machine biases every variant alike; the process CPU time per step (``cpu_s``, minimum) is the
     steadier figure on a shared machine with one thread. Returns ``{variant: {"min_s", "median_s",
     "cpu_s", "steps_per_s", "speedup", "rel_loss_diff"}}``; speed-up and steps/s use the wall minimum.
@@ -139,12 +147,12 @@ def benchmark(batch_size: int = 64, repeats: int = 5, warmup: int = 1, device: s
     ft = [torch.randn(batch_size, *shape, device=dev).relu_() for shape in teacher]
     s_ch, t_ch = [s[0] for s in student], [t[0] for t in teacher]
     ref = ReferenceSemCKD(s_ch, t_ch, batch_size=batch_size).to(dev)
-    official = {k: v.clone() for k, v in ref.official_state_dict().items()}
+    weights = {k: v.clone() for k, v in ref.state_dict().items()}  # same internal layout as SemCKD
     variants: dict[str, tuple[nn.Module, bool]] = {"reference_fp32": (ref, False)}
     for fuse in (False, True):
         for bf16 in (False, True):
             fast = SemCKD(s_ch, t_ch, batch_size=batch_size, fuse=fuse).to(dev)
-            fast.load_official_state_dict(official)
+            fast.load_state_dict(weights)
             variants[f"fast_{'fused' if fuse else 'loop'}_{'bf16' if bf16 else 'fp32'}"] = (fast, bf16)
     # numbers first, on identical fresh weights and BN state (train mode: batch statistics)
     with torch.no_grad():

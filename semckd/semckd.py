@@ -22,6 +22,7 @@ square of the student's/teacher's height only.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -33,6 +34,12 @@ __all__ = ["MODES", "MLPEmbed", "OfficialLayoutMixin", "SemCKD", "make_projector
 MODES = ("faithful", "batch_free")
 # adaptive-pool grid of the batch_free descriptor: keeps coarse spatial layout, any input size works
 _FREE_GRID = (2, 2)
+# fuse="auto": below this mean 3×3-conv work per pair and sample (multiply-adds) the projectors are
+# overhead-bound and fusing pays. Measured on a 2-core AVX-512 CPU, B=64: 12×11 pairs at 4×4, mid 16
+# (37k MACs) fused 1.9× faster; 6×6 pairs at 8×8/4×4, mid 32/64 (590k) and resnet8x4←32x4 (≥9M) loop
+# 8–10% faster.
+_FUSE_MAX_MACS = 1 << 18
+_PairSizes = dict[tuple[int, int], tuple[int, int]]  # (s, t) → (h, w) the pair is compared at
 
 
 class MLPEmbed(nn.Module):
@@ -68,6 +75,21 @@ def make_projector(c_in: int, c_out: int) -> nn.Sequential:
 def pair_size(s_hw: Sequence[int], t_hw: Sequence[int]) -> tuple[int, int]:
     """Spatial size a (student, teacher) pair is compared at: the smaller map, per dimension."""
     return min(int(s_hw[0]), int(t_hw[0])), min(int(s_hw[1]), int(t_hw[1]))
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, also on torch < 2.4 (which took no argument)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - old torch
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Switch autocast off for a block (float32 maths) — a no-op where it is not on."""
+    if autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -205,22 +227,22 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
       batch), works at any batch size, and its MLP size scales with channels instead of batch size.
       Its numbers are not the paper's; use faithful mode to reproduce the paper.
 
-    Speed: the hot path is the S·T projectors, i.e. convolutions, so exact fp32 gains are small. The
-    student map is pooled once per distinct target size and the teacher once per size; the attention
-    MLPs of all layers run as one batched matmul; the loss is one batched weighting of the (B, S, T)
-    per-pair errors. ``channels_last=None`` uses channels-last activations on CPU and under autocast
-    (oneDNN's faster layout; ~2× with bf16 autocast on CPU). ``fuse=True`` additionally gives pairs that
-    read the same pooled student input one 1×1 conv (concatenated weights), and pairs that share a
+    Speed: the hot path is the S·T projectors, i.e. convolutions, so exact fp32 gains on big maps are
+    small. The student map is pooled once per distinct target size and the teacher once per size; the
+    attention MLPs of all layers run as one batched matmul; the loss is one batched weighting of the
+    (B, S, T) per-pair errors. ``channels_last=None`` uses channels-last activations on CPU and under
+    autocast (oneDNN's faster layout; ~2× with bf16 autocast on CPU). Fusing (``fuse=True``) gives pairs
+    that read the same pooled student input one 1×1 conv (concatenated weights), and pairs that share a
     teacher layer and size grouped 3×3 / 1×1 convs, one BN over the concatenated channels (exact: BN is
-    per channel) and one batched MSE. Numbers are equal either way (1e-6 rel.), but on CPU the grouped
-    convs measured slower than separate ones, so it is off by default; it targets launch-bound GPUs
-    (benchmark with ``python -m semckd.reference --device cuda`` before switching it on). The attention
-    branch and the loss reductions always run in float32 (autocast disabled); projectors follow the
-    ambient autocast.
+    per channel) and one batched MSE. Numbers are equal either way (1e-6 rel.). Grouped convs are slower
+    than separate ones on big maps but remove per-pair overhead on small ones, so ``fuse="auto"``
+    fuses only when the mean per-pair 3×3 work is small (see ``_FUSE_MAX_MACS``; measured on CPU only —
+    check ``python -m semckd.reference --device cuda`` on a GPU). The attention branch and the loss
+    reductions always run in float32 (autocast disabled); projectors follow the ambient autocast.
     """
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int = 64,
-                 factor: int = 4, mode: str = "faithful", *, fuse: bool = False,
+                 factor: int = 4, mode: str = "faithful", *, fuse: bool | str = "auto",
                  channels_last: bool | None = None) -> None:
         super().__init__()
         _check_sizes(student_channels, teacher_channels, batch_size, factor, mode)
@@ -228,7 +250,9 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         self.teacher_channels = [int(c) for c in teacher_channels]
         self.num_student, self.num_teacher = len(self.student_channels), len(self.teacher_channels)
         self.batch_size, self.factor, self.mode = int(batch_size), int(factor), mode
-        self.fuse = bool(fuse)
+        if fuse not in (True, False, "auto"):
+            raise ValueError(f"fuse must be True, False or 'auto', got {fuse!r}")
+        self.fuse = fuse
         self.channels_last = channels_last
         dim = self.batch_size // self.factor
         if mode == "faithful":
@@ -301,7 +325,7 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
 
     def _attention(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
         dtype = self._work_dtype()
-        with torch.autocast(fs[0].device.type, enabled=False):
+        with no_autocast(fs[0].device.type):
             q = self._embed(self.query, self._descriptors(fs, dtype), dtype)  # (B, S, d)
             k = self._embed(self.key, self._descriptors(ft, dtype), dtype)  # (B, T, d)
             return torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)
@@ -316,17 +340,24 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
     def _use_channels_last(self, device: torch.device) -> bool:
         if self.channels_last is not None:
             return self.channels_last
-        return device.type == "cpu" or torch.is_autocast_enabled(device.type)
+        return device.type == "cpu" or autocast_enabled(device.type)
 
-    def _inputs(self, fs: list[torch.Tensor], ft: list[torch.Tensor]):
+    def _sizes(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> _PairSizes:
+        return {(s, t): pair_size(fs[s].shape[-2:], ft[t].shape[-2:])
+                for s in range(self.num_student) for t in range(self.num_teacher)}
+
+    def _auto_fuse(self, sizes: _PairSizes) -> bool:
+        """Fuse when pairs are small: mean 3×3-conv work per pair and sample below ``_FUSE_MAX_MACS``."""
+        macs = [(2 * self.teacher_channels[t]) ** 2 * 9 * h * w for (_, t), (h, w) in sizes.items()]
+        return sum(macs) / len(macs) < _FUSE_MAX_MACS
+
+    def _inputs(self, fs: list[torch.Tensor], ft: list[torch.Tensor], sizes: _PairSizes):
         """Pooled student inputs per (s, size) and pooled teacher targets per (t, size), each made once."""
         device = fs[0].device
         cl = self._use_channels_last(device)
-        if not torch.is_autocast_enabled(device.type):
+        if not autocast_enabled(device.type):
             dtype = self.projectors[0][0][0].weight.dtype
             fs = [f.to(dtype) for f in fs]
-        sizes = {(s, t): pair_size(fs[s].shape[-2:], ft[t].shape[-2:])
-                 for s in range(self.num_student) for t in range(self.num_teacher)}
         xs: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
         ys: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
         for (s, t), size in sizes.items():
@@ -335,16 +366,16 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
                 xs[(s, size)] = x.contiguous(memory_format=torch.channels_last) if cl else x
             if (t, size) not in ys:
                 ys[(t, size)] = _pool(ft[t], size)
-        return sizes, xs, ys
+        return xs, ys
 
     @staticmethod
     def _sample_mse(out: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-sample mean squared error over C·H·W, in ``dtype`` (float32 under autocast)."""
         return (out.to(dtype) - target.to(dtype)).pow(2).mean(dim=(-3, -2, -1))
 
-    def _pair_losses_loop(self, fs, ft) -> torch.Tensor:
+    def _pair_losses_loop(self, fs, ft, sizes) -> torch.Tensor:
         dtype = self._work_dtype()
-        sizes, xs, ys = self._inputs(fs, ft)
+        xs, ys = self._inputs(fs, ft, sizes)
         cols = []
         for s in range(self.num_student):
             for t in range(self.num_teacher):
@@ -375,9 +406,9 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
                     off += n
         return y
 
-    def _pair_losses_fused(self, fs, ft) -> torch.Tensor:
+    def _pair_losses_fused(self, fs, ft, sizes) -> torch.Tensor:
         dtype = self._work_dtype()
-        sizes, xs, ys = self._inputs(fs, ft)
+        xs, ys = self._inputs(fs, ft, sizes)
         cl = self._use_channels_last(fs[0].device)
         fmt = torch.channels_last if cl else torch.contiguous_format
         # 1×1 convs fused over pairs reading the same pooled student input
@@ -417,9 +448,11 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         return self._pair_losses(fs, ft)
 
     def _pair_losses(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
-        if self.fuse:
-            return self._pair_losses_fused(fs, ft)
-        return self._pair_losses_loop(fs, ft)
+        sizes = self._sizes(fs, ft)
+        fuse = self._auto_fuse(sizes) if self.fuse == "auto" else self.fuse
+        if fuse:
+            return self._pair_losses_fused(fs, ft, sizes)
+        return self._pair_losses_loop(fs, ft, sizes)
 
     def forward(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:

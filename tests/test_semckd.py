@@ -108,7 +108,7 @@ CONFIGS = {
     "student_larger_and_smaller": (5, [(3, 8, 8), (5, 2, 2)], [(4, 4, 4)], 5),
 }
 IMPLS = {
-    "fast": dict(cls=SemCKD, kw={}),
+    "fast": dict(cls=SemCKD, kw={"fuse": False}),
     "fast_fused": dict(cls=SemCKD, kw={"fuse": True}),
     "fast_nchw_fused": dict(cls=SemCKD, kw={"fuse": True, "channels_last": False}),
     "reference": dict(cls=ReferenceSemCKD, kw={}),
@@ -179,6 +179,16 @@ def test_gradients_reach_student_mlps_projectors_not_teacher(fuse: bool) -> None
     assert all(f.grad is None for f in ft)
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_auto_fuse_only_for_small_pairs() -> None:
+    small = SemCKD([8] * 12, [8] * 11, batch_size=4)
+    big = SemCKD([64, 128, 256], [64, 128, 256], batch_size=4)
+    s_small = {(s, t): (4, 4) for s in range(12) for t in range(11)}
+    s_big = {(s, t): (min(32 >> s, 32 >> t),) * 2 for s in range(3) for t in range(3)}
+    assert small._auto_fuse(s_small) and not big._auto_fuse(s_big)
+    with pytest.raises(ValueError, match="fuse must be"):
+        SemCKD([4], [4], fuse="yes")
 
 
 def test_fused_path_updates_bn_running_stats_like_loop() -> None:
@@ -290,9 +300,10 @@ def test_batch_free_trains_with_batch_of_seven() -> None:
     assert att.shape == (7, 2, 2) and torch.isfinite(loss)
 
 
-def test_autocast_bf16_cpu_close_to_fp32() -> None:
+@pytest.mark.parametrize("impl", ["fast", "fast_fused"])
+def test_autocast_bf16_cpu_close_to_fp32(impl: str) -> None:
     B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
-    m = build("fast", s_shapes, t_shapes, B, factor).eval()
+    m = build(impl, s_shapes, t_shapes, B, factor).eval()
     fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2)
     loss32, att32 = m(fs, ft)
     with torch.autocast("cpu", dtype=torch.bfloat16):
