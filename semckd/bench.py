@@ -28,7 +28,8 @@ including the Python interpreter and torch itself).
 FLOPs: one step is counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
 convolutions, forward and backward; elementwise ops are not counted). Achieved FLOP/s = FLOPs / time.
 The peak to compare against is ``--peak-gflops`` when given, else an *estimate*: the best throughput of
-a large dense matmul in the same precision measured on this machine (labelled ``est.``).
+a large dense matmul or 3×3 convolution in the same precision measured on this machine (labelled
+``est.``; a loaded machine lowers it, so a row can exceed 100 %).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ __all__ = ["PAIRS", "BenchConfig", "block_layers", "component_breakdown", "forma
 # name → (student, teacher, input size, in channels, classes)
 PAIRS: dict[str, tuple[str, str, int, int, int]] = {
     "cifar100": ("resnet8x4", "resnet32x4", 32, 3, 100),
-    "fmnist": ("resnet8", "resnet32", 28, 1, 10),  # the pair of benchmarks/accuracy_table.py
+    "fmnist": ("resnet8", "resnet20", 28, 1, 10),  # the pair of configs/fashion_mnist + accuracy_table.py
 }
 METHODS = ("vanilla", "kd", "semckd", "reference")
 PRECISIONS = ("fp32", "bf16")
@@ -97,6 +98,7 @@ class BenchConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     count_flops: bool = True
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
 
 
 # ---------------------------------------------------------------------- building one step
@@ -186,15 +188,20 @@ def count_step_flops(step: Callable[[], torch.Tensor]) -> int:
     return int(counter.get_total_flops())
 
 
-def _time_blocks(step: Callable[[], Any], device: torch.device, steps: int, repeats: int) -> list[float]:
+def _time_blocks(step: Callable[[], Any], device: torch.device, steps: int, repeats: int,
+                 last: list[Any] | None = None) -> list[float]:
+    """Mean seconds per call of ``step`` in each of ``repeats`` blocks; ``last`` receives the final result."""
     times = []
+    out = None
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            step()
+            out = step()
         _sync(device)
         times.append((time.perf_counter() - t0) / steps)
+    if last is not None:
+        last.append(out)
     return times
 
 
@@ -202,6 +209,24 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
     """Measure one configuration in this process; see the module docstring for what each number means."""
     if cfg.steps < 1 or cfg.repeats < 1 or cfg.warmup < 0:
         raise UserError("--steps and --repeats must be ≥ 1 and --warmup ≥ 0")
+    with _threads(cfg.threads):
+        return _measure(cfg)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch CPU threads inside the block (None: leave as is), then restore."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
+def _measure(cfg: BenchConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     step, distiller, _, _ = build_step(cfg, device)
@@ -211,12 +236,11 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
         base = torch.cuda.memory_allocated(device)
     else:
         base = _maxrss_mb()
-    loss = None
     for _ in range(cfg.warmup):
-        loss = step()
-    times = _time_blocks(lambda: step(), device, cfg.steps, cfg.repeats)
-    loss = step()
-    _sync(device)
+        step()
+    last: list[torch.Tensor] = []
+    times = _time_blocks(step, device, cfg.steps, cfg.repeats, last)
+    loss = last[0]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
         step_mem = peak - base / 2**20
@@ -227,8 +251,7 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
         mem_kind = "cpu ru_maxrss growth"
     flops = count_step_flops(step) if cfg.count_flops else None
     sec = statistics.median(times)
-    n_s = len(distiller.s_tap.names)
-    n_t = len(distiller.t_tap.names) if getattr(distiller, "t_tap", None) is not None else 0
+    n_s, n_t = _matched_layers(distiller)
     return {
         "pair": cfg.pair, "student": cfg.student, "teacher": cfg.teacher, "method": cfg.method,
         "precision": cfg.precision, "batch_size": cfg.batch_size, "device": str(device),
@@ -240,8 +263,17 @@ def measure(cfg: BenchConfig) -> dict[str, Any]:
         "gflop_per_step": flops / 1e9 if flops is not None else None,
         "achieved_gflops": flops / 1e9 / sec if flops is not None else None,
         "loss": float(loss.float().item()),
-        "steps": cfg.steps, "warmup": cfg.warmup, "repeats": cfg.repeats,
+        "steps": cfg.steps, "warmup": cfg.warmup, "repeats": cfg.repeats, "threads": torch.get_num_threads(),
     }
+
+
+def _matched_layers(distiller: nn.Module) -> tuple[int, int]:
+    """(S, T) layers the method matches: the SemCKD criterion's when there is one, else the taps'."""
+    for m in distiller.modules():
+        if hasattr(m, "num_student") and hasattr(m, "num_teacher"):
+            return int(m.num_student), int(m.num_teacher)
+    t_tap = getattr(distiller, "t_tap", None)
+    return len(distiller.s_tap.names), (len(t_tap.names) if t_tap is not None else 0)
 
 
 def _measure_isolated(cfg: BenchConfig) -> dict[str, Any]:
@@ -250,24 +282,38 @@ def _measure_isolated(cfg: BenchConfig) -> dict[str, Any]:
         return pool.submit(measure, cfg).result()
 
 
-def matmul_peak_gflops(device: torch.device, precision: str, n: int | None = None, repeats: int = 5) -> float:
-    """Best dense-matmul GFLOP/s measured here: a practical stand-in for the machine's peak."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    n = n or (4096 if device.type == "cuda" else 1536)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+def _best_time(fn: Callable[[], Any], device: torch.device, repeats: int, inner: int) -> float:
     for _ in range(2):
-        a @ b
+        fn()
     best = math.inf
-    inner = 10 if device.type == "cuda" else 1
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(inner):
-            a @ b
+            fn()
         _sync(device)
         best = min(best, (time.perf_counter() - t0) / inner)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+@torch.no_grad()
+def matmul_peak_gflops(device: torch.device, precision: str, n: int | None = None, repeats: int = 5) -> float:
+    """Best GFLOP/s of a large dense matmul and a large 3×3 convolution measured here: a practical
+    stand-in for the machine's peak (vendor peaks are rarely reachable; CPU BLAS and oneDNN differ, so
+    the faster of the two is used)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 1536)
+    inner = 10 if cuda else 1
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    mm = 2 * n**3 / _best_time(lambda: a @ b, device, repeats, inner)
+    batch, ch, hw = (256, 256, 32) if cuda else (32, 256, 16)
+    x = torch.randn(batch, ch, hw, hw, device=device, dtype=dtype)
+    w = torch.randn(ch, ch, 3, 3, device=device, dtype=dtype)
+    conv_flops = 2 * batch * ch * ch * 9 * hw * hw
+    conv = conv_flops / _best_time(lambda: nn.functional.conv2d(x, w, padding=1), device, repeats, inner)
+    return max(mm, conv) / 1e9
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -291,7 +337,7 @@ def run_bench(pairs: Sequence[tuple[str, str, str, int, int, int]], methods: Seq
               precisions: Sequence[str] = PRECISIONS, batch_size: int = 64, device: str = "auto",
               steps: int | None = None, warmup: int | None = None, repeats: int | None = None,
               isolate: bool | None = None, count_flops: bool = True, peak_gflops: float | None = None,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              threads: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every (pair, precision, method); ``pairs`` items are (label, student, teacher, input
     size, in channels, classes). ``reference`` is measured in fp32 only (the authors' setting).
 
@@ -310,13 +356,20 @@ def run_bench(pairs: Sequence[tuple[str, str, str, int, int, int]], methods: Seq
     d_steps, d_warm, d_rep = default_counts(dev)
     steps, warmup, repeats = steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep
     isolate = dev.type == "cpu" if isolate is None else isolate
+    with _threads(threads):  # also for the peak estimate
+        return _run_bench(pairs, methods, precisions, batch_size, dev, steps, warmup, repeats, isolate,
+                          count_flops, peak_gflops, threads, log)
+
+
+def _run_bench(pairs, methods, precisions, batch_size, dev, steps, warmup, repeats, isolate, count_flops,
+               peak_gflops, threads, log) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     peaks: dict[str, tuple[float, str]] = {}
     for prec in precisions:
         if peak_gflops:
             peaks[prec] = (float(peak_gflops), "user")
         elif count_flops:
-            peaks[prec] = (matmul_peak_gflops(dev, prec), "est. (measured dense matmul)")
+            peaks[prec] = (matmul_peak_gflops(dev, prec), "est.: best measured matmul/conv")
     for label, student, teacher, size, chans, classes in pairs:
         for prec in precisions:
             for m in methods:
@@ -324,7 +377,7 @@ def run_bench(pairs: Sequence[tuple[str, str, str, int, int, int]], methods: Seq
                     continue
                 cfg = BenchConfig(student, teacher, size, chans, classes, method=m, precision=prec,
                                   batch_size=batch_size, device=str(dev), steps=steps, warmup=warmup,
-                                  repeats=repeats, pair=label, count_flops=count_flops)
+                                  repeats=repeats, pair=label, count_flops=count_flops, threads=threads)
                 if log:
                     log(f"bench: {label} {prec} {m} ...")
                 row = _measure_isolated(cfg) if isolate else measure(cfg)
@@ -386,37 +439,37 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------- scaling
-def block_layers(model: nn.Module) -> list[str]:
-    """Every residual block (or stage) output, shallow → deep: stage containers expanded to children.
+def _stage_blocks(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """``[(stage, [block names])]`` for the declared stages after the stem.
 
-    A declared stage that is an ``nn.Sequential`` of blocks becomes its blocks (``layer1`` →
-    ``layer1.0, layer1.1, ...``; the last block's output is the stage's output, so the stage is still
-    covered); other stages (the stem) stay as they are.
+    A stage that is an ``nn.Sequential``/``nn.ModuleList`` lists its children (its output is the last
+    child's output); any other stage is its own single block. The first declared stage is skipped when
+    it is not a container: it is the stem, which SemCKD leaves out by default (the authors use
+    ``feat[1:-1]``), so the sweep starts from exactly the layers a default run matches.
     """
     from .features import unwrap
 
     base = unwrap(model)
     modules = dict(base.named_modules())
-    out: list[str] = []
-    for name in base.stage_names:
+    out = []
+    for i, name in enumerate(base.stage_names):
         mod = modules[name]
-        kids = list(mod.named_children()) if isinstance(mod, (nn.Sequential, nn.ModuleList)) else []
-        out.extend(f"{name}.{k}" for k, _ in kids) if len(kids) > 1 else out.append(name)
+        kids = [k for k, _ in mod.named_children()] if isinstance(mod, (nn.Sequential, nn.ModuleList)) else []
+        if not kids and i == 0:
+            continue
+        out.append((name, [f"{name}.{k}" for k in kids] if kids else [name]))
     return out
+
+
+def block_layers(model: nn.Module) -> list[str]:
+    """Every residual block output after the stem, shallow → deep (``layer1.0, layer1.1, ...``)."""
+    return [b for _, blocks in _stage_blocks(model) for b in blocks]
 
 
 def _stage_ends(model: nn.Module) -> list[str]:
-    """The declared stages in block-level names (``layer1`` → its last block, the same tensor)."""
-    from .features import unwrap
-
-    base = unwrap(model)
-    modules = dict(base.named_modules())
-    out = []
-    for name in base.stage_names:
-        mod = modules[name]
-        kids = list(mod.named_children()) if isinstance(mod, (nn.Sequential, nn.ModuleList)) else []
-        out.append(f"{name}.{kids[-1][0]}" if len(kids) > 1 else name)
-    return out
+    """The stages SemCKD uses by default, in block-level names (``layer1`` → its last block: the same
+    tensor)."""
+    return [blocks[-1] for _, blocks in _stage_blocks(model)]
 
 
 def _grow(all_names: list[str], required: list[str], k: int) -> list[str]:
@@ -432,14 +485,15 @@ def _grow(all_names: list[str], required: list[str], k: int) -> list[str]:
 
 
 def layer_sweep(student: nn.Module, teacher: nn.Module, points: int = 4) -> list[tuple[list[str], list[str]]]:
-    """Candidate-layer lists from the declared stages up to every residual block of both networks.
+    """Candidate-layer lists from the stages SemCKD uses by default up to every residual block of
+    both networks (stem excluded throughout).
 
     Each intermediate point keeps every stage output and adds evenly spread blocks, so the pair count
     grows roughly linearly from S·T (stages) to all blocks × all blocks.
     """
     s_all, t_all = block_layers(student), block_layers(teacher)
     s_req, t_req = _stage_ends(student), _stage_ends(teacher)
-    out = [(list(student.stage_names), list(teacher.stage_names))]
+    out = [(s_req, t_req)]
     for i in range(1, max(2, points)):
         frac = i / (max(2, points) - 1)
         ks = round(len(s_req) + frac * (len(s_all) - len(s_req)))
@@ -455,6 +509,11 @@ def component_breakdown(cfg: BenchConfig, repeats: int = 3) -> dict[str, Any]:
     criterion forward+backward on fixed features, the optimizer step; plus, from ``torch.profiler``, the
     criterion's time split by op family (Gram/MLP matmuls and softmax = attention; conv/BN/ReLU/pool =
     projectors; sub/pow/mean/mse = MSE loss)."""
+    with _threads(cfg.threads):
+        return _component_breakdown(cfg, repeats)
+
+
+def _component_breakdown(cfg: BenchConfig, repeats: int) -> dict[str, Any]:
     from .methods.base import Outputs
 
     device = resolve_device(cfg.device)
@@ -582,26 +641,34 @@ def run_scaling(student: str = "resnet8x4", teacher: str = "resnet32x4", input_s
                 device: str = "auto",
                 steps: int | None = None, warmup: int | None = None, repeats: int | None = None,
                 isolate: bool | None = None, layer_points: int = 4, base_batch: int = 64,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                threads: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """SemCKD step time and memory as candidate layers grow (stages → every block) and as the batch
     grows, plus a per-component breakdown at the base setting and at the largest layer set."""
-    from .models import create_model
-
     dev = resolve_device(device)
     d_steps, d_warm, d_rep = default_counts(dev)
     steps, warmup, repeats = steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep
     isolate = dev.type == "cpu" if isolate is None else isolate
+    with _threads(threads):
+        return _run_scaling(student, teacher, input_size, in_channels, num_classes, batch_sizes, methods,
+                            precision, dev, steps, warmup, repeats, isolate, layer_points, base_batch,
+                            threads, log)
+
+
+def _run_scaling(student, teacher, input_size, in_channels, num_classes, batch_sizes, methods, precision, dev,
+                 steps, warmup, repeats, isolate, layer_points, base_batch, threads, log) -> dict[str, Any]:
+    from .models import create_model
+
     s_model = create_model(student, num_classes=num_classes, in_channels=in_channels)
     t_model = create_model(teacher, num_classes=num_classes, in_channels=in_channels)
     base = BenchConfig(student, teacher, input_size, in_channels, num_classes, precision=precision,
                        batch_size=base_batch, device=str(dev), steps=steps, warmup=warmup, repeats=repeats,
-                       pair=f"{student}←{teacher}", count_flops=True)
+                       pair=f"{student}←{teacher}", count_flops=True, threads=threads)
     sweep = layer_sweep(s_model, t_model, layer_points)
 
     def run(cfg: BenchConfig) -> dict[str, Any]:
         if log:
-            n_s = len(cfg.student_layers or s_model.stage_names)
-            n_t = len(cfg.teacher_layers or t_model.stage_names)
+            n_s = len(cfg.student_layers or _stage_ends(s_model))
+            n_t = len(cfg.teacher_layers or _stage_ends(t_model))
             log(f"scaling: {cfg.method} batch {cfg.batch_size} layers {n_s}×{n_t}")
         row = _measure_isolated(cfg) if isolate else measure(cfg)
         row["student_layer_names"] = cfg.student_layers

@@ -27,6 +27,15 @@ from semckd.models import create_model
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded, and a busy shared CPU makes multi-threaded barriers slow."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------- synthetic run folders
 def make_run(root: Path, name: str, *, method: str, seed: int, accs: list[float], student: str = "resnet8",
              teacher: str | None = "resnet32x4", dataset: str = "fashion_mnist", attention: bool = False,
@@ -358,9 +367,10 @@ def test_bench_tiny_config_finite_numbers():
     from semckd.bench import format_table, run_bench
 
     methods = ["vanilla", "kd"] + (["semckd", "reference"] if _has_semckd() else [])
+    torch.set_num_threads(2)  # the bench runs single-threaded below and must restore this afterwards
     rep = run_bench([("tiny", "resnet8", "resnet14", 8, 3, 10)], methods=methods, precisions=["fp32", "bf16"],
                     batch_size=4, device="cpu", steps=1, warmup=0, repeats=1, isolate=False,
-                    peak_gflops=100.0)
+                    peak_gflops=100.0, threads=1)
     rows = rep["results"]
     expected = [(p, m) for p in ("fp32", "bf16") for m in methods if not (m == "reference" and p == "bf16")]
     assert [(r["precision"], r["method"]) for r in rows] == expected
@@ -381,6 +391,7 @@ def test_bench_tiny_config_finite_numbers():
         assert "speedup vs ref" in format_table(rep)
     text = format_table(rep)
     assert text.count("| tiny |") == len(rows)
+    assert all(r["threads"] == 1 for r in rows) and torch.get_num_threads() == 2
 
 
 def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
@@ -388,7 +399,7 @@ def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
     rc = main(["bench", "--student", "resnet8", "--teacher", "resnet8", "--input-size", "8",
                "--num-classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--repeats", "1",
                "--methods", "kd", "--amp", "fp32", "--device", "cpu", "--no-flops", "--json", str(out),
-               "--quiet"])
+               "--quiet", "--threads", "1"])
     assert rc == 0
     rep = json.loads(out.read_text())
     (row,) = rep["results"]
@@ -403,14 +414,14 @@ def test_bench_layer_sweep_and_op_families():
     from semckd.bench import _family, block_layers, layer_sweep
 
     s, t = create_model("resnet8"), create_model("resnet20")
-    assert block_layers(s) == ["relu", "layer1", "layer2", "layer3"]  # one block per stage: stays a stage
-    assert block_layers(t) == ["relu"] + [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)]
+    assert block_layers(s) == ["layer1.0", "layer2.0", "layer3.0"]  # the stem is not a candidate
+    assert block_layers(t) == [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)]
     sweep = layer_sweep(s, t, points=3)
-    assert sweep[0] == (s.stage_names, t.stage_names)
+    assert sweep[0] == (["layer1.0", "layer2.0", "layer3.0"], ["layer1.2", "layer2.2", "layer3.2"])
     assert sweep[-1] == (block_layers(s), block_layers(t))
     pairs = [len(a) * len(b) for a, b in sweep]
-    assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs)
-    for _, names in sweep[1:]:
+    assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs) == 3
+    for _, names in sweep:
         assert {"layer1.2", "layer2.2", "layer3.2"} <= set(names)  # stage outputs are always candidates
     assert _family("aten::convolution") == _family("ConvolutionBackward0") == "projectors: conv"
     assert _family("aten::bmm") == _family("BmmBackward0") == "attention: Gram + MLP matmuls"
@@ -425,7 +436,8 @@ def test_bench_component_breakdown_semckd():
     from semckd.bench import BenchConfig, component_breakdown
 
     cfg = BenchConfig("resnet8", "resnet14", 8, 3, 10, method="semckd", batch_size=4, steps=1, warmup=0,
-                      repeats=1, device="cpu")
+                      repeats=1, device="cpu", threads=1)
+    threads = torch.get_num_threads()
     b = component_breakdown(cfg, repeats=1)
     comp = b["components_ms"]
     assert set(comp) == {"teacher forward", "student forward+backward", "criterion forward+backward",
@@ -434,3 +446,4 @@ def test_bench_component_breakdown_semckd():
     fams = b["criterion_ops_ms"]
     assert "projectors: conv" in fams and "attention: Gram + MLP matmuls" in fams
     assert all(v >= 0 for v in fams.values())
+    assert torch.get_num_threads() == threads  # the thread setting was restored

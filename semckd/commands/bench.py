@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", default="cifar100,fmnist",
                    help="preset pairs: cifar100 (resnet8x4←resnet32x4, 3×32×32, 100 classes), "
-                        "fmnist (resnet8←resnet32, 1×28×28, 10 classes)")
+                        "fmnist (resnet8←resnet20, 1×28×28, 10 classes)")
     p.add_argument("--student", help="custom pair: student architecture (replaces --pairs)")
     p.add_argument("--teacher", help="custom pair: teacher architecture")
     p.add_argument("--input-size", type=int, help="custom pair: image size (default 32)")
@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int,
                    help="timed repeats; the median is reported (default: 5 on GPU, 3 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--peak-gflops", type=float, help="machine peak GFLOP/s for the '%% of peak' column")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting and the peak estimate")
     p.add_argument("--no-isolate", action="store_true",
@@ -98,14 +99,14 @@ def run(args: argparse.Namespace) -> int:
                                 precision=precision, device=args.device, steps=args.steps,
                                 warmup=args.warmup, repeats=args.repeats,
                                 isolate=False if args.no_isolate else None, layer_points=args.layer_points,
-                                base_batch=args.batch_size, log=log)
+                                base_batch=args.batch_size, threads=args.threads, log=log)
         print(bench.format_scaling(rep), end="")
     else:
         rep = bench.run_bench(pairs, methods=_csv(args.methods), precisions=_csv(args.amp),
                               batch_size=args.batch_size, device=args.device, steps=args.steps,
                               warmup=args.warmup, repeats=args.repeats,
                               isolate=False if args.no_isolate else None, count_flops=not args.no_flops,
-                              peak_gflops=args.peak_gflops, log=log)
+                              peak_gflops=args.peak_gflops, threads=args.threads, log=log)
         print(bench.format_table(rep), end="")
     if args.json:
         bench.write_json(args.json, rep)
