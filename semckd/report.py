@@ -1,8 +1,8 @@
 """Summarise finished runs as a markdown table: mean ± std over seeds and the paper's ARI.
 
-Runs are grouped by (dataset, teacher, student, method); each group shows how many seeds it has, the
-mean ± sample standard deviation (n−1) of the final and the best test accuracy, and the mean wall time
-of one run.
+Runs are grouped by (dataset, teacher, student, method with its non-default options); each group shows
+how many seeds it has, the mean ± sample standard deviation (n−1) of the final and the best test
+accuracy, and the mean wall time of one run.
 
 **ARI** (Average Relative Improvement) is the SemCKD paper's measure of how much further SemCKD goes
 beyond a compared method, relative to what that method itself gained over the plain student::
@@ -37,7 +37,7 @@ from typing import Any
 from .errors import UserError
 
 __all__ = ["Group", "RunInfo", "ari_table", "atomic_path", "build_report", "find_runs", "group_runs",
-           "load_run", "read_metrics", "relative_improvement", "write_text_atomic"]
+           "load_run", "method_label", "read_metrics", "relative_improvement", "write_text_atomic"]
 
 NONE = "—"
 _METHOD_ORDER = {"vanilla": 0, "kd": 1}
@@ -155,6 +155,40 @@ def _teacher_name(value: Any, run_dir: Path) -> str:
     return p.stem if p.suffix else p.name
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def method_label(method: str, method_args: Any) -> str:
+    """``method`` plus the options that differ from its defaults, e.g. ``semckd [mode=batch_free]``.
+
+    Runs of one method with different settings must not be averaged together; options equal to the
+    defaults (a recipe that spells out ``beta: 400``) do not change the label.
+    """
+    if not isinstance(method_args, dict) or not method_args:
+        return method
+    try:
+        from .methods import method_options
+    except Exception:  # noqa: BLE001 - without the method registry, fall back to listing every option
+        method_options = None  # type: ignore[assignment]
+    parts = [p.strip() for p in method.split("+") if p.strip()]
+    diffs = []
+    for part in parts:
+        sub = method_args.get(part, {}) if len(parts) > 1 else method_args
+        if not isinstance(sub, dict):
+            continue
+        try:
+            defaults = method_options(part) if method_options is not None else {}
+        except ValueError:
+            defaults = {}
+        prefix = f"{part}." if len(parts) > 1 else ""
+        diffs += [f"{prefix}{k}={v}" for k, v in sorted(sub.items())
+                  if not (k in defaults and _same(defaults[k], v))]
+    return f"{method} [{', '.join(diffs)}]" if diffs else method
+
+
 def load_run(run_dir: str | os.PathLike) -> RunInfo:
     """Collect a run's identity and results from ``run.json``, ``config.yaml`` and ``metrics.jsonl``."""
     d = Path(run_dir)
@@ -199,8 +233,10 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
             times = [t for t in (_num(m.get("epoch_time_s")) for m in metrics) if t is not None]
             wall = sum(times) if times else None
         epochs = max(epochs, len(metrics))
+    margs = run.get("method_args", cfg.get("method_args"))
+    label = method_label(str(method), margs) if str(method) != "vanilla" else "vanilla"
     return RunInfo(path=d, name=d.name, dataset=str(dataset), teacher=_teacher_name(teacher_raw, d),
-                   student=str(student), method=str(method),
+                   student=str(student), method=label,
                    seed=int(seed) if _num(seed) is not None else None,  # type: ignore[arg-type]
                    final_acc=final, best_acc=best, wall_time_s=wall, epochs=epochs, kind=kind)
 

@@ -39,11 +39,12 @@ def _one_thread():
 # ---------------------------------------------------------------------- synthetic run folders
 def make_run(root: Path, name: str, *, method: str, seed: int, accs: list[float], student: str = "resnet8",
              teacher: str | None = "resnet32x4", dataset: str = "fashion_mnist", attention: bool = False,
-             run_json: bool = True, epoch_time: float = 2.0) -> Path:
+             run_json: bool = True, epoch_time: float = 2.0, method_args: dict | None = None) -> Path:
     d = root / name
     d.mkdir(parents=True)
     cfg = {"kind": "distill", "dataset": dataset, "model": student, "method": method, "seed": seed,
-           "teacher": f"runs/{teacher}/best.pt" if teacher else None, "teacher_model": None}
+           "teacher": f"runs/{teacher}/best.pt" if teacher else None, "teacher_model": None,
+           "method_args": method_args or {}}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     rng = random.Random(seed)
     best = 0.0
@@ -183,6 +184,18 @@ def test_report_mean_std_and_ari(tmp_path):
         assert rows[("fashion_mnist", "resnet32x4", student, "semckd")][4] == "—"
     assert relative_improvement(85.0, 83.0, 80.0) == pytest.approx(200 / 3)
     assert relative_improvement(85.0, 80.0, 80.0) is None
+
+
+def test_report_separates_non_default_method_options(tmp_path):
+    from semckd.report import build_report
+
+    make_run(tmp_path, "a", method="semckd", seed=0, accs=[70.0],
+             method_args={"beta": 400, "mode": "faithful"})  # the defaults spelled out: same setting
+    make_run(tmp_path, "b", method="semckd", seed=1, accs=[72.0])
+    make_run(tmp_path, "c", method="semckd", seed=0, accs=[60.0], method_args={"mode": "batch_free"})
+    rows = _table_rows(build_report([tmp_path]))
+    assert rows[("fashion_mnist", "resnet32x4", "resnet8", "semckd")][:2] == ["2", "71.00 ± 1.41"]
+    assert rows[("fashion_mnist", "resnet32x4", "resnet8", "semckd [mode=batch_free]")][:2] == ["1", "60.00"]
 
 
 def test_report_ari_missing_rows_and_cli(tmp_path, capsys):
