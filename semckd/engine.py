@@ -384,6 +384,10 @@ class _Trainer:
         distiller.to(device, memory_format=mf)
         self.distiller = distiller
         self.student = student
+        # what test accuracy measures: the network a user deploys (SimKD's student answers through the
+        # projector and the teacher's classifier, so its own head would be scored at chance)
+        dep = getattr(distiller, "deployable_student", None)
+        self.eval_model: nn.Module = dep() if callable(dep) else student
 
         # a method tied to one batch size (SemCKD's faithful mode) gets only full batches
         self.fixed = distiller.fixed_batch_size
@@ -618,8 +622,8 @@ class _Trainer:
             if observer is not None:
                 self.distiller.eval()
             try:
-                test = evaluate(self.student, self.test_loader, self.device, amp=cfg.amp, observer=observer,
-                                observe_batch=self.fixed, env=env)
+                test = evaluate(self.eval_model, self.test_loader, self.device, amp=cfg.amp,
+                                observer=observer, observe_batch=self.fixed, env=env)
             finally:
                 self.distiller.train()
             pop = getattr(observer, "pop_summary", None) if observer is not None else None
@@ -718,6 +722,12 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
                         f"{ncls}; evaluate on the dataset it was trained on")
     net = create_model(arch, num_classes=ncls, in_channels=cin)
     load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, getattr(net, "head_name", None))
+    if ("simkd" in _method_names(str(cfg.get("method") or "")) and cfg.get("kind") != "teacher"
+            and isinstance(obj, dict) and "student" in obj):
+        # SimKD's deployable network is backbone + projector + the teacher's classifier
+        from .export import build_deployable
+
+        net = build_deployable(obj).module
     net.to(dev)
     t0 = time.perf_counter()
     res = evaluate(net, test_loader, dev, amp=amp)

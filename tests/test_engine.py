@@ -273,3 +273,22 @@ def test_out_of_memory_becomes_a_user_error(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(engine._Trainer, "_train_epoch", oom)
     with pytest.raises(engine.UserError, match="out of device memory with batch size 32; lower --batch-size"):
         engine.train(cfg(data_dir, tmp_path / "oom", kind="teacher", limit_train=64))
+
+
+def test_simkd_accuracy_is_measured_on_the_deployable_network(data_dir, tmp_path):
+    """SimKD answers through projector + teacher classifier; its own head is never trained."""
+    tdir = tmp_path / "teacher"
+    run(cfg(data_dir, tdir, kind="teacher", epochs=2))
+    out = tmp_path / "simkd"
+    t = run(cfg(data_dir, out, method="simkd", teacher=str(tdir / "best.pt"), epochs=2))
+    dep = t.distiller.deployable_student()
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]["test_acc"]
+    assert engine.evaluate(dep, t.test_loader, torch.device("cpu"))["test_acc"] == pytest.approx(logged)
+    x = next(iter(t.test_loader))[0]
+    t.eval_model.eval()
+    t.student.eval()
+    with torch.no_grad():  # the engine scores the composite, not the bare student's untrained head
+        assert torch.allclose(t.eval_model(x), dep(x))
+        assert not torch.allclose(t.eval_model(x), t.student(x))
+    res = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
+    assert res["test_acc"] == pytest.approx(logged)
