@@ -256,7 +256,8 @@ def _check_options(name: str, opts: dict[str, Any]) -> None:
     valid = method_options(name)
     for k in opts:
         if k not in valid:
-            raise ValueError(f"method {name!r} has no option {k!r}; valid options: {', '.join(sorted(valid))}")
+            raise ValueError(f"method {name!r} has no option {k!r}; "
+                             f"valid options: {', '.join(sorted(valid))}")
 
 
 def build_distiller(spec: str, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext,
@@ -279,7 +280,8 @@ def build_distiller(spec: str, student: nn.Module, teacher: nn.Module | None, ct
 
     for k in options:
         if k not in names:
-            raise ValueError(f"options for a combination are keyed by method name ({', '.join(names)}); got {k!r}")
+            raise ValueError(f"options for a combination are keyed by method name "
+                             f"({', '.join(names)}); got {k!r}")
     for n in names:
         _check_options(n, options.get(n, {}))
     return Combined(student, teacher, ctx, methods=names, method_options=options)
