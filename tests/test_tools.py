@@ -265,8 +265,13 @@ def test_export_state_dict_and_torchscript(tmp_path, capsys):
     # TorchScript loads with torch alone: a Python that cannot import semckd
     torch.save({"x": x, "y": expected}, tmp_path / "io.pt")
     script = (
-        "import importlib.util, sys, torch\n"
-        "assert importlib.util.find_spec('semckd') is None, 'semckd is importable'\n"
+        "import sys\n"
+        "class NoSemckd:  # an editable install makes semckd importable even under -I: forbid it\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'semckd':\n"
+        "            raise ImportError('semckd must not be needed')\n"
+        "sys.meta_path.insert(0, NoSemckd())\n"
+        "import torch\n"
         f"m = torch.jit.load({str(out / 'student.torchscript.pt')!r})\n"
         f"d = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)\n"
         "with torch.no_grad():\n"
