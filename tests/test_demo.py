@@ -1,0 +1,100 @@
+"""The embedded default (`semckd demo`): shipped teacher record, end-to-end run on tiny data, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from engine_helpers import make_fashion_mnist
+
+from semckd.cli import main
+from semckd.commands import demo
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory):
+    return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=192, n_test=64)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_shipped_teacher_matches_its_record():
+    """The checked-in weights are what their JSON says: hash, architecture, classes, accuracy, command."""
+    from semckd.checkpoint import load_teacher
+
+    path, record = demo.shipped_teacher()
+    assert demo.sha256(path) == record["sha256"]
+    demo.verify_teacher(path, record)
+    assert path.stat().st_size < 4 * 2**20  # "a few MB at most"
+    teacher, meta = load_teacher(path, arch=None, num_classes=10, in_channels=1, dataset="fashion_mnist")
+    assert meta["model"] == record["model"] == "resnet20"
+    assert 85.0 < record["test_acc"] < 100.0
+    assert "semckd train-teacher" in record["command"]
+    with torch.no_grad():
+        assert teacher.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_corrupt_shipped_teacher_is_refused(tmp_path, monkeypatch, fmnist, capsys):
+    path, record = demo.shipped_teacher()
+    fake = tmp_path / "weights"
+    fake.mkdir()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (fake / path.name).write_bytes(bytes(data))
+    (fake / f"{demo.TEACHER_NAME}.json").write_text(json.dumps(record))
+    monkeypatch.setattr(demo, "WEIGHTS_DIR", fake)
+    assert main(["demo", "--data-dir", str(fmnist), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("semckd: error:") and "corrupt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_data_names_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("semckd.data.idx.FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    assert main(["demo", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Fashion-MNIST not found" in err and "dataset-fashion-mnist" in err
+
+
+def test_demo_end_to_end_on_tiny_data(tmp_path, fmnist, capsys):
+    teacher_dir = tmp_path / "teacher"
+    assert main(["train-teacher", "--dataset", "fashion_mnist", "--data-dir", str(fmnist),
+                 "--model", "resnet8", "--epochs", "1", "--batch-size", "32", "--out", str(teacher_dir),
+                 "--quiet", "--no-tensorboard", "--device", "cpu"]) == 0
+    out = tmp_path / "demo"
+    args = ["demo", "--data-dir", str(fmnist), "--teacher", str(teacher_dir / "best.pt"), "--out", str(out),
+            "--epochs", "2", "--limit-train", "128", "--batch-size", "32", "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    for name in ("vanilla", "semckd"):
+        run = json.loads((out / name / "run.json").read_text())
+        assert run["method"] == name and run["model"] == "resnet8"
+        lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+        assert [x["epoch"] for x in lines] == [1, 2]
+        assert lines[0]["train_images"] == 128
+        assert f"{run['best_acc']:6.2f}%" in text  # the printed table is the runs' own numbers
+    cfg = json.loads(json.dumps(torch.load(out / "semckd" / "last.pt", weights_only=True)["config"]))
+    assert cfg["method_args"] == {"beta": 400.0} and cfg["seed"] == 0
+    png = out / "semckd" / "attention.png"
+    if _has_matplotlib():
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second demo into the same folder is refused, with the fix named, and leaves the runs intact
+    before = (out / "semckd" / "last.pt").read_bytes()
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "semckd" / "last.pt").read_bytes() == before
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
