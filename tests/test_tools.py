@@ -465,3 +465,19 @@ def test_bench_component_breakdown_semckd():
     assert "projectors: conv" in fams and "attention: Gram + MLP matmuls" in fams
     assert all(v >= 0 for v in fams.values())
     assert torch.get_num_threads() == threads  # the thread setting was restored
+
+
+def test_bench_fp32_channels_last_mode_is_the_same_computation():
+    """fp32-cl only changes the memory format of the networks and inputs, not the numbers."""
+    from semckd.bench import BenchConfig, build_step
+
+    losses = {}
+    for prec in ("fp32", "fp32-cl"):
+        cfg = BenchConfig("resnet8", "resnet14", 8, 3, 10, method="kd", precision=prec, batch_size=4,
+                          device="cpu")
+        step, distiller, _, (x, _, _) = build_step(cfg, torch.device("cpu"))
+        assert x.is_contiguous(memory_format=torch.channels_last) == (prec == "fp32-cl")
+        conv = next(m for m in distiller.student.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == (prec == "fp32-cl")
+        losses[prec] = [step().item() for _ in range(2)]
+    assert losses["fp32-cl"] == pytest.approx(losses["fp32"], rel=1e-5)
