@@ -20,12 +20,7 @@ def data(tmp_path_factory) -> str:
     return str(make_fashion_mnist(tmp_path_factory.mktemp("cli"), n_train=192, n_test=100))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def common(data: str) -> list[str]:

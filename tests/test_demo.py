@@ -17,12 +17,7 @@ def fmnist(tmp_path_factory):
     return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=192, n_test=64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_shipped_teacher_matches_its_record():

@@ -31,12 +31,7 @@ def data_dir(tmp_path_factory) -> str:
     return str(make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=256, n_test=100))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core box
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(data_dir: str, out: Path, kind: str = "distill", **kw) -> TrainConfig:

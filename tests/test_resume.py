@@ -34,12 +34,7 @@ def setup(tmp_path_factory):
     return root, str(data), str(teacher)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the killed subprocess uses 1 thread too: same kernels, same bits
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def args(data: str, teacher: str, out: Path, epochs: int = 3) -> list[str]:
