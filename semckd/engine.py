@@ -720,14 +720,13 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
     if "num_classes" in meta and int(meta["num_classes"]) != ncls:
         raise UserError(f"checkpoint {path!r} has {int(meta['num_classes'])} classes but {dataset} has "
                         f"{ncls}; evaluate on the dataset it was trained on")
-    net = create_model(arch, num_classes=ncls, in_channels=cin)
-    load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, getattr(net, "head_name", None))
-    if ("simkd" in _method_names(str(cfg.get("method") or "")) and cfg.get("kind") != "teacher"
-            and isinstance(obj, dict) and "student" in obj):
-        # SimKD's deployable network is backbone + projector + the teacher's classifier
-        from .export import build_deployable
+    from .export import build_deployable, is_composite
 
-        net = build_deployable(obj).module
+    if is_composite(cfg) and isinstance(obj, dict) and "student" in obj:
+        net = build_deployable(obj).module  # SimKD: backbone + projector + the teacher's classifier
+    else:
+        net = create_model(arch, num_classes=ncls, in_channels=cin)
+        load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, getattr(net, "head_name", None))
     net.to(dev)
     t0 = time.perf_counter()
     res = evaluate(net, test_loader, dev, amp=amp)

@@ -33,7 +33,8 @@ from torch import nn
 from .errors import UserError
 from .report import atomic_path, read_metrics, write_text_atomic
 
-__all__ = ["ALL_FORMATS", "ExportResult", "build_deployable", "export_checkpoint", "load_checkpoint"]
+__all__ = ["ALL_FORMATS", "ExportResult", "build_deployable", "export_checkpoint", "is_composite",
+           "load_checkpoint"]
 
 ALL_FORMATS = ("state_dict", "torchscript", "onnx")
 
@@ -117,6 +118,13 @@ class Deployable:
     plain: bool = True  # True: the state_dict loads into create_model(arch)
 
 
+def is_composite(cfg: dict[str, Any]) -> bool:
+    """Whether a run's deployable network is more than its student (SimKD: + projector + the teacher's
+    classifier); ``cfg`` is the config a checkpoint records."""
+    methods = [m.strip() for m in str(cfg.get("method", "")).split("+")]
+    return cfg.get("kind", "distill") != "teacher" and "simkd" in methods
+
+
 def build_deployable(ckpt: dict[str, Any]) -> Deployable:
     """Rebuild the student of a checkpoint (eval mode, CPU) with its trained weights."""
     from .models import create_model
@@ -138,8 +146,7 @@ def build_deployable(ckpt: dict[str, Any]) -> Deployable:
                         f"({str(e).splitlines()[0]}); was it written by another semckd version?") from e
     student.eval()
     dep = Deployable(student, arch, num_classes, in_channels, input_size, mean, std, cfg)
-    methods = [m.strip() for m in str(cfg.get("method", "")).split("+")]
-    if cfg.get("kind", "distill") != "teacher" and "simkd" in methods:
+    if is_composite(cfg):
         dep.module = _simkd_deployable(student, ckpt, cfg, input_size, in_channels, num_classes)
         dep.plain = False
         dep.arch = f"simkd({arch})"
