@@ -30,6 +30,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from semckd.config import scaled_milestones  # noqa: E402
 
 # per-method options that differ from the library defaults (same choice as configs/)
 METHOD_ARGS: dict[str, list[str]] = {"kd": ["ce_weight=1", "kd_weight=1"]}
@@ -41,7 +44,7 @@ def _csv(s: str) -> list[str]:
 
 def milestones(epochs: int) -> list[str]:
     """The paper's decay points (150/180/210 of 240 epochs) scaled to ``epochs``: 15 → 9, 11, 13."""
-    return [str(m) for m in sorted({max(1, round(f * epochs)) for f in (0.625, 0.75, 0.875)})]
+    return [str(m) for m in scaled_milestones(epochs)]
 
 
 def _semckd(args: list[str]) -> list[str]:

@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from semckd.checkpoint import atomic_save, atomic_write_text, load_checkpoint  # noqa: E402
-from semckd.commands.demo import TEACHER_NAME, WEIGHTS_DIR, sha256  # noqa: E402
+from semckd.commands.demo import TEACHER_NAME, WEIGHTS_DIR  # noqa: E402
+from semckd.data.download import file_sha256  # noqa: E402
 from semckd.engine import evaluate_checkpoint  # noqa: E402
 
 KEEP = ("format", "kind", "model", "num_classes", "in_channels", "dataset", "epoch", "best_acc", "config")
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": ck["model"], "dataset": ck["dataset"], "num_classes": ck["num_classes"],
         "in_channels": ck["in_channels"], "epoch": ck["epoch"], "test_acc": round(res["test_acc"], 2),
         "test_top5": round(res.get("test_top5", float("nan")), 2), "test_n": res["test_n"],
-        "sha256": sha256(pt), "bytes": pt.stat().st_size,
+        "sha256": file_sha256(pt), "bytes": pt.stat().st_size,
         "command": args.command + f" && python3 scripts/ship_teacher.py {args.run_dir}",
         "train_time_s": round(float(summary.get("train_time_s", summary.get("wall_time_s", 0.0))), 1),
         "trained_with": {"torch": torch.__version__, "python": platform.python_version(),

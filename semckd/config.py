@@ -31,6 +31,7 @@ __all__ = [
     "TrainConfig",
     "config_diff",
     "default_lr",
+    "scaled_milestones",
     "parse_key_values",
     "resolve_config",
 ]
@@ -46,6 +47,14 @@ _LOW_LR_PREFIXES = ("mobilenet", "shufflev1", "shufflev2", "shufflenet")
 def default_lr(model: str) -> float:
     """The authors' learning rate for ``model``: 0.01 for MobileNetV2/ShuffleNet, else 0.05."""
     return 0.01 if model.lower().startswith(_LOW_LR_PREFIXES) else 0.05
+
+
+def scaled_milestones(epochs: int) -> list[int]:
+    """The paper's ×0.1 points (150/180/210 of 240 epochs) scaled to ``epochs``: 15 → [9, 11, 13].
+
+    A point at or after the last epoch would never take effect, so it is left out (6 → [4, 5]).
+    """
+    return sorted({max(1, round(f * epochs)) for f in (0.625, 0.75, 0.875)} - {epochs})
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

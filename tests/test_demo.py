@@ -10,6 +10,7 @@ from engine_helpers import make_fashion_mnist
 
 from semckd.cli import main
 from semckd.commands import demo
+from semckd.data.download import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_shipped_teacher_matches_its_record():
     from semckd.checkpoint import load_teacher
 
     path, record = demo.shipped_teacher()
-    assert demo.sha256(path) == record["sha256"]
+    assert file_sha256(path) == record["sha256"]
     demo.verify_teacher(path, record)
     assert path.stat().st_size < 4 * 2**20  # "a few MB at most"
     teacher, meta = load_teacher(path, arch=None, num_classes=10, in_channels=1, dataset="fashion_mnist")

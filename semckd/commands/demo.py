@@ -22,7 +22,6 @@ demo writes can be inspected with ``semckd eval/plot/report/export`` and resumed
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -43,26 +42,15 @@ def shipped_teacher() -> tuple[Path, dict[str, Any]]:
     return pt, json.loads(meta.read_text())
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_teacher(path: Path, record: dict[str, Any]) -> None:
     """A corrupted or swapped weight file must not silently produce a wrong demo."""
-    got = sha256(path)
+    from ..data.download import file_sha256  # imported late: the CLI starts without torch
+
+    got = file_sha256(path)
     if got != record.get("sha256"):
         want = str(record.get("sha256"))[:12]
         raise UserError(f"{path} has sha256 {got[:12]}… but its record says {want}…; the file is"
                         " corrupt or was replaced — reinstall semckd (git checkout the file)")
-
-
-def _milestones(epochs: int) -> list[int]:
-    # the paper's ×0.1 points (150/180/210 of 240) scaled to a short run
-    return sorted({max(1, round(f * epochs)) for f in (0.625, 0.75, 0.875)} - {epochs})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..config import resolve_config
+    from ..config import resolve_config, scaled_milestones
     from ..data.idx import find_idx_dir
     from ..engine import evaluate_checkpoint, train
 
@@ -116,7 +104,7 @@ def run_demo(args: argparse.Namespace) -> int:
           + (f" (recorded {record['test_acc']:.2f}%)" if "test_acc" in record else ""), flush=True)
 
     common = dict(dataset="fashion_mnist", data_dir=data_dir, model=args.student, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=0.05, milestones=_milestones(args.epochs),
+                  batch_size=args.batch_size, lr=0.05, milestones=scaled_milestones(args.epochs),
                   limit_train=args.limit_train or None, seed=args.seed, amp=args.amp, device=args.device,
                   force=args.force, quiet=args.quiet, tensorboard=False)
     runs = {

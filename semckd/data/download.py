@@ -20,17 +20,26 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 
-__all__ = ["download_and_extract", "download_file", "file_md5", "safe_extract"]
+__all__ = ["download_and_extract", "download_file", "file_md5", "file_sha256", "safe_extract"]
 
 _CHUNK = 1 << 20
 
 
-def file_md5(path: str | os.PathLike) -> str:
-    h = hashlib.md5(usedforsecurity=False)
+def _file_digest(path: str | os.PathLike, h: hashlib._Hash) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """The checksum the CIFAR archives publish (integrity, not security)."""
+    return _file_digest(path, hashlib.md5(usedforsecurity=False))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """What the shipped weight files are recorded with."""
+    return _file_digest(path, hashlib.sha256())
 
 
 def _urlopen(url: str):  # a seam tests may monkeypatch

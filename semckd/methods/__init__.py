@@ -1,7 +1,6 @@
 """Distillation methods. Each module registers its Distiller subclass(es) on import."""
 
-# importing each method module registers its Distiller subclass(es)
-from . import (  # noqa: E402, F401
+from . import (  # noqa: F401
     at,
     cc,
     crd,
