@@ -22,8 +22,11 @@ activations kept for backward, gradients, optimizer state, workspace. On CUDA it
 there is no allocator counter for torch, so each configuration runs in a fresh process and reports the
 growth of the process's peak resident set size (``ru_maxrss``) from after model construction to after
 the steps — it includes allocator caching and fragmentation, so read it as an upper bound with
-~±10 MB noise. ``peak mem`` is the absolute figure (CUDA: max allocated; CPU: the process's peak RSS,
-including the Python interpreter and torch itself).
+~±10 MB noise (measured run to run on a 2-core VM: up to ±50 MB). ``peak mem`` is the absolute figure
+(CUDA: max allocated; CPU: the process's peak RSS, including the Python interpreter and torch itself).
+``saved`` is exact on every device: the MB of distinct storages autograd keeps for backward during one
+step (:func:`saved_for_backward_mb`; parameters, buffers and the input batch excluded) — the activation
+memory, the part of a step's peak that differs between two implementations of one method.
 
 FLOPs: one step is counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
 convolutions, forward and backward; elementwise ops are not counted). Achieved FLOP/s = FLOPs / time.
@@ -56,7 +59,8 @@ from torch import nn
 from .errors import UserError
 
 __all__ = ["PAIRS", "BenchConfig", "block_layers", "component_breakdown", "format_scaling", "format_table",
-           "layer_sweep", "machine_info", "matmul_peak_gflops", "measure", "run_bench", "run_scaling"]
+           "layer_sweep", "machine_info", "matmul_peak_gflops", "measure", "run_bench", "run_scaling",
+           "saved_for_backward_mb"]
 
 # name → (student, teacher, input size, in channels, classes)
 PAIRS: dict[str, tuple[str, str, int, int, int]] = {
@@ -183,6 +187,30 @@ def _maxrss_mb() -> float:
     return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
 
 
+def saved_for_backward_mb(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> float:
+    """MB of distinct tensor storages autograd keeps for backward while ``fn()`` runs.
+
+    Activations saved for backward are what sets a training step's peak memory beyond the fixed
+    parameter/gradient/optimizer state, and unlike process RSS this count is exact and repeatable, so
+    two implementations of one method can be compared to the byte. Storages of ``exclude`` (parameters,
+    inputs — memory that exists anyway) are not counted; tensors made inside ``fn`` (concatenated
+    weights, layout copies) are.
+    """
+    skip = {(t.untyped_storage().data_ptr(), t.device) for t in exclude}
+    kept: dict[tuple[int, torch.device], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        key = (st.data_ptr(), t.device)
+        if key not in skip:
+            kept[key] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(kept.values()) / 2**20
+
+
 def count_step_flops(step: Callable[[], torch.Tensor]) -> int:
     """FLOPs of one call of ``step`` (forward + backward matmuls/convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -233,7 +261,7 @@ def _threads(n: int | None) -> Iterator[None]:
 def _measure(cfg: BenchConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    step, distiller, _, _ = build_step(cfg, device)
+    step, distiller, _, batch = build_step(cfg, device)
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -254,6 +282,7 @@ def _measure(cfg: BenchConfig) -> dict[str, Any]:
         step_mem = peak - base
         mem_kind = "cpu ru_maxrss growth"
     flops = count_step_flops(step) if cfg.count_flops else None
+    saved = saved_for_backward_mb(step, [*distiller.parameters(), *distiller.buffers(), *batch])
     sec = statistics.median(times)
     n_s, n_t = _matched_layers(distiller)
     return {
@@ -263,7 +292,7 @@ def _measure(cfg: BenchConfig) -> dict[str, Any]:
         "student_layers": n_s, "teacher_layers": n_t,
         "ms_per_step": sec * 1e3, "ms_per_step_all": [t * 1e3 for t in times],
         "images_per_s": cfg.batch_size / sec,
-        "step_mem_mb": step_mem, "peak_mem_mb": peak, "mem_kind": mem_kind,
+        "step_mem_mb": step_mem, "peak_mem_mb": peak, "mem_kind": mem_kind, "saved_mb": saved,
         "gflop_per_step": flops / 1e9 if flops is not None else None,
         "achieved_gflops": flops / 1e9 / sec if flops is not None else None,
         "loss": float(loss.float().item()),
@@ -406,6 +435,8 @@ def _add_speedups(rows: list[dict[str, Any]]) -> None:
             r["speedup_vs_reference"] = ref["ms_per_step"] / r["ms_per_step"]
             if r["step_mem_mb"] > 0 and ref["step_mem_mb"] > 0:
                 r["mem_ratio_vs_reference"] = ref["step_mem_mb"] / r["step_mem_mb"]
+            if r.get("saved_mb") and ref.get("saved_mb"):
+                r["saved_ratio_vs_reference"] = ref["saved_mb"] / r["saved_mb"]
 
 
 def _f(v: Any, fmt: str = ".1f") -> str:
@@ -416,16 +447,20 @@ def format_table(report: dict[str, Any]) -> str:
     """Markdown table of :func:`run_bench` results, with the measuring conditions underneath."""
     rows = report["results"]
     lines = ["| pair | student ← teacher | precision | method | ms/step | images/s | step mem (MB) | "
-             "peak mem (MB) | GFLOP/step | GFLOP/s | % of peak | speedup vs ref | mem ratio vs ref |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "peak mem (MB) | saved (MB) | GFLOP/step | GFLOP/s | % of peak | speedup vs ref | "
+             "mem ratio vs ref | saved ratio vs ref |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    def ratio(key: str) -> str:
+        return f"{_f(r.get(key), '.2f')}{'×' if r.get(key) else ''}"
+
     for r in rows:
         lines.append(
             f"| {r['pair']} | {r['student']} ← {r['teacher']} | {r['precision']} | {r['method']} | "
             f"{_f(r['ms_per_step'])} | {_f(r['images_per_s'])} | {_f(r['step_mem_mb'], '.0f')} | "
-            f"{_f(r['peak_mem_mb'], '.0f')} | {_f(r['gflop_per_step'], '.2f')} | "
-            f"{_f(r['achieved_gflops'])} | {_f(r.get('pct_of_peak'))} | "
-            f"{_f(r.get('speedup_vs_reference'), '.2f')}{'×' if r.get('speedup_vs_reference') else ''} | "
-            f"{_f(r.get('mem_ratio_vs_reference'), '.2f')}{'×' if r.get('mem_ratio_vs_reference') else ''} |")
+            f"{_f(r['peak_mem_mb'], '.0f')} | {_f(r.get('saved_mb'), '.1f')} | "
+            f"{_f(r['gflop_per_step'], '.2f')} | {_f(r['achieved_gflops'])} | {_f(r.get('pct_of_peak'))} | "
+            f"{ratio('speedup_vs_reference')} | {ratio('mem_ratio_vs_reference')} | "
+            f"{ratio('saved_ratio_vs_reference')} |")
     m, s = report["machine"], report["settings"]
     peak = next((r for r in rows if r.get("peak_gflops")), None)
     notes = [f"Machine: {m.get('gpu') or m['cpu']} ({m['device']}, {m['cpu_count']} CPUs, "
@@ -433,7 +468,9 @@ def format_table(report: dict[str, Any]) -> str:
              f"{s['warmup']} warm-up steps, then median of {s['repeats']} × {s['steps']} steps.",
              "One step = teacher forward + student forward/backward + method losses + SGD step; "
              "reference = SemCKD with the authors'-style per-pair-loop criterion (fp32).",
-             f"Memory: {rows[0]['mem_kind'] if rows else ''} (see `semckd bench --help`)."]
+             f"Memory: {rows[0]['mem_kind'] if rows else ''} (see `semckd bench --help`); saved = "
+             "activations autograd keeps for backward in one step (exact, excludes parameters and inputs); "
+             "ratios are reference / SemCKD (> 1: SemCKD uses less)."]
     if peak:
         per = sorted({(r["precision"], r["peak_gflops"], r["peak_source"])
                       for r in rows if r.get("peak_gflops")})

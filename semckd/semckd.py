@@ -231,7 +231,9 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
     small. The student map is pooled once per distinct target size and the teacher once per size; the
     attention MLPs of all layers run as one batched matmul; the loss is one batched weighting of the
     (B, S, T) per-pair errors. ``channels_last=None`` uses channels-last activations on CPU and under
-    autocast (oneDNN's faster layout; ~2× with bf16 autocast on CPU). Fusing (``fuse=True``) gives pairs
+    autocast (oneDNN's faster layout; ~2× with bf16 autocast on an AVX-512 CPU, no measurable gain in
+    fp32 on an AVX2 one); maps are converted only where no extra copy is kept for backward (pooled
+    inputs, first-conv outputs), so activation memory equals the per-pair reference's. Fusing (``fuse=True``) gives pairs
     that read the same pooled student input one 1×1 conv (concatenated weights), and pairs that share a
     teacher layer and size grouped 3×3 / 1×1 convs, one BN over the concatenated channels (exact: BN is
     per channel) and one batched MSE. Numbers are equal either way (1e-6 rel.). Grouped convs are slower
@@ -363,7 +365,11 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         for (s, t), size in sizes.items():
             if (s, size) not in xs:
                 x = _pool(fs[s], size)
-                xs[(s, size)] = x.contiguous(memory_format=torch.channels_last) if cl else x
+                # a pooled map is a new tensor: converting it costs nothing extra. An unpooled one is the
+                # student's own map (already saved for backward); a channels-last copy of it would be
+                # saved again by the first conv, so it is converted after that conv instead.
+                pooled = x is not fs[s]
+                xs[(s, size)] = x.contiguous(memory_format=torch.channels_last) if cl and pooled else x
             if (t, size) not in ys:
                 ys[(t, size)] = _pool(ft[t], size)
         return xs, ys
@@ -376,11 +382,18 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
     def _pair_losses_loop(self, fs, ft, sizes) -> torch.Tensor:
         dtype = self._work_dtype()
         xs, ys = self._inputs(fs, ft, sizes)
+        cl = self._use_channels_last(fs[0].device)
         cols = []
         for s in range(self.num_student):
             for t in range(self.num_teacher):
                 size = sizes[(s, t)]
-                out = self.projectors[s][t](xs[(s, size)])
+                proj = self.projectors[s][t]
+                h = proj[0](xs[(s, size)])
+                if cl:
+                    h = h.contiguous(memory_format=torch.channels_last)
+                for layer in proj[1:]:
+                    h = layer(h)
+                out = h
                 cols.append(self._sample_mse(out, ys[(t, size)], dtype))
         return torch.stack(cols, dim=1).view(-1, self.num_student, self.num_teacher)
 
@@ -428,9 +441,9 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
             mods = [self.projectors[s][t] for s in ss]
             n = len(ss)
             h = first[(ss[0], t)] if n == 1 else torch.cat([first[(s, t)] for s in ss], dim=1)
-            h = F.relu(self._fused_bn(h, [m[1] for m in mods]))
+            h = F.relu(self._fused_bn(h.contiguous(memory_format=fmt), [m[1] for m in mods]))
             w3 = mods[0][3].weight if n == 1 else torch.cat([m[3].weight for m in mods])
-            h = F.conv2d(h.contiguous(memory_format=fmt), w3, padding=1, groups=n)
+            h = F.conv2d(h, w3, padding=1, groups=n)
             h = F.relu(self._fused_bn(h, [m[4] for m in mods]))
             w6 = mods[0][6].weight if n == 1 else torch.cat([m[6].weight for m in mods])
             out = F.conv2d(h, w6, groups=n)

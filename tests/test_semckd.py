@@ -316,6 +316,28 @@ def test_autocast_bf16_cpu_close_to_fp32(impl: str) -> None:
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in m.parameters())
 
 
+@pytest.mark.parametrize("impl", ["fast", "fast_fused", "fast_nchw_fused"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_keeps_no_more_for_backward_than_the_reference(config: str, impl: str) -> None:
+    """Activation memory: the fast paths (channels-last by default on CPU) must not keep layout copies or
+    concatenations beyond what the per-pair reference keeps (the performance issue's memory target)."""
+    from semckd.bench import saved_for_backward_mb
+
+    B, s_shapes, t_shapes, factor = CONFIGS[config]
+    fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2)
+    saved = {}
+    for name in (impl, "reference"):
+        m = build(name, s_shapes, t_shapes, B, factor)
+        saved[name] = saved_for_backward_mb(lambda m=m: m(fs, ft)[0], exclude=[*m.parameters(), *fs])
+    # allowed extras are parameter-sized, independent of the feature maps: the batched attention MLP
+    # keeps stacked query/key weights; fused projectors keep concatenated conv/BN weights (grouped convs)
+    extra = [*m.query.parameters(), *m.key.parameters()]
+    if "fused" in impl:
+        extra += list(m.projectors.parameters())
+    extra_mb = sum(p.numel() * p.element_size() for p in extra) / 2**20
+    assert 0 < saved[impl] <= saved["reference"] + extra_mb, saved
+
+
 def test_channels_last_inputs_give_same_numbers() -> None:
     B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
     m = build("fast", s_shapes, t_shapes, B, factor).eval()

@@ -400,10 +400,29 @@ def test_bench_tiny_config_finite_numbers():
         ref = next(r for r in rows if r["method"] == "reference")
         assert sem["gflop_per_step"] > flops[("fp32", "kd")]  # projectors cost FLOPs
         assert sem["speedup_vs_reference"] == pytest.approx(ref["ms_per_step"] / sem["ms_per_step"])
+        # same activations kept for backward as the reference (exact count), none for vanilla's teacher
+        # (+ the attention MLP's stacked weights, a few kB here; see test_semckd's exact bound)
+        assert 0 < sem["saved_mb"] <= ref["saved_mb"] + 0.05
+        assert sem["saved_ratio_vs_reference"] == pytest.approx(ref["saved_mb"] / sem["saved_mb"])
         assert "speedup vs ref" in format_table(rep)
     text = format_table(rep)
     assert text.count("| tiny |") == len(rows)
     assert all(r["threads"] == 1 for r in rows) and torch.get_num_threads() == 2
+
+
+def test_saved_for_backward_counts_distinct_storages():
+    from semckd.bench import saved_for_backward_mb
+
+    x = torch.ones(256, 1024, requires_grad=True)  # 1 MiB
+    w = torch.ones(1024, 512, requires_grad=True)  # 2 MiB
+    # x @ w saves both operands; x.exp() saves its 1 MiB result; the view of x is x's storage again
+    assert saved_for_backward_mb(lambda: (x @ w).sum()) == pytest.approx(3.0)
+    assert saved_for_backward_mb(lambda: (x @ w).sum(), exclude=[w]) == pytest.approx(1.0)
+    # (+ 4 bytes: the scalar factor, which the product saves too)
+    assert saved_for_backward_mb(lambda: (x.exp() * x[:, :3].sum()).sum(), exclude=[x]) == pytest.approx(1.0,
+                                                                                                  abs=1e-4)
+    with torch.no_grad():
+        assert saved_for_backward_mb(lambda: (x @ w).sum()) == 0.0
 
 
 def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
