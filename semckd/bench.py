@@ -68,8 +68,17 @@ PAIRS: dict[str, tuple[str, str, int, int, int]] = {
     "fmnist": ("resnet8", "resnet20", 28, 1, 10),  # the pair of configs/fashion_mnist + accuracy_table.py
 }
 METHODS = ("vanilla", "kd", "semckd", "reference")
-# fp32-cl: fp32 with the networks and inputs in channels-last (NHWC) memory format; same numbers as fp32
-PRECISIONS = ("fp32", "fp32-cl", "bf16")
+# fp32-cl: fp32 with the networks and inputs in channels-last (NHWC) memory format; same numbers as fp32.
+# "auto" is not measured as such: it becomes the precision training's default (amp="auto") picks here.
+PRECISIONS = ("fp32", "fp32-cl", "bf16", "fp16")
+_AMP_TO_PRECISION = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def default_precision(device: torch.device) -> str:
+    """The bench precision matching what training uses by default on ``device`` (``amp="auto"``)."""
+    from .precision import resolve_amp
+
+    return _AMP_TO_PRECISION[resolve_amp("auto", device)[0]]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -159,17 +168,24 @@ def build_step(cfg: BenchConfig, device: torch.device):
         x = x.contiguous(memory_format=torch.channels_last)
     distiller.train()
     opt = torch.optim.SGD(distiller.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    amp = cfg.precision == "bf16"
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown precision {cfg.precision!r}; use one of {', '.join(PRECISIONS)}")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    # fp16 trains with loss scaling on CUDA, as the engine does
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
 
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
             _, losses = distiller(x, y, idx)
             loss = sum(losses.values())
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         return loss.detach()
 
     return step, distiller, opt, (x, y, idx)
@@ -334,7 +350,7 @@ def matmul_peak_gflops(device: torch.device, precision: str, n: int | None = Non
     """Best GFLOP/s of a large dense matmul and a large 3×3 convolution measured here: a practical
     stand-in for the machine's peak (vendor peaks are rarely reachable; CPU BLAS and oneDNN differ, so
     the faster of the two is used)."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     cuda = device.type == "cuda"
     n = n or (8192 if cuda else 1536)
     inner = 10 if cuda else 1
@@ -373,6 +389,8 @@ def run_bench(pairs: Sequence[tuple[str, str, str, int, int, int]], methods: Seq
               threads: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure every (pair, precision, method); ``pairs`` items are (label, student, teacher, input
     size, in channels, classes). ``reference`` is measured in fp32 only (the authors' setting).
+    ``"auto"`` in ``precisions`` stands for what training's default ``amp="auto"`` picks on this device
+    (fp32 on a CPU without native bf16); rows measured in that precision carry ``is_default``.
 
     Returns ``{"machine", "settings", "results": [row...]}``; semckd rows carry ``speedup_vs_reference``
     and ``mem_ratio_vs_reference`` when a reference row of the same pair was measured.
@@ -381,11 +399,14 @@ def run_bench(pairs: Sequence[tuple[str, str, str, int, int, int]], methods: Seq
         if m not in METHODS:
             raise UserError(f"unknown bench method {m!r}; choose from {', '.join(METHODS)}")
     for p in precisions:
-        if p not in PRECISIONS:
-            raise UserError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}")
+        if p not in PRECISIONS and p != "auto":
+            raise UserError(f"unknown precision {p!r}; choose from auto, {', '.join(PRECISIONS)}")
     if batch_size < 1:
         raise UserError("--batch-size must be ≥ 1")
     dev = resolve_device(device)
+    default = default_precision(dev)
+    # "auto" → the precision training's default picks here, measured once even if also listed
+    precisions = list(dict.fromkeys(default if p == "auto" else p for p in precisions))
     d_steps, d_warm, d_rep = default_counts(dev)
     steps, warmup, repeats = steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep
     isolate = dev.type == "cpu" if isolate is None else isolate
@@ -417,6 +438,7 @@ def _run_bench(pairs, methods, precisions, batch_size, dev, steps, warmup, repea
                 if prec in peaks and row.get("achieved_gflops") is not None:
                     row["peak_gflops"], row["peak_source"] = peaks[prec]
                     row["pct_of_peak"] = 100.0 * row["achieved_gflops"] / peaks[prec][0]
+                row["is_default"] = prec == default_precision(dev)
                 results.append(row)
     _add_speedups(results)
     return {"machine": machine_info(dev),
@@ -455,7 +477,8 @@ def format_table(report: dict[str, Any]) -> str:
 
     for r in rows:
         lines.append(
-            f"| {r['pair']} | {r['student']} ← {r['teacher']} | {r['precision']} | {r['method']} | "
+            f"| {r['pair']} | {r['student']} ← {r['teacher']} | {r['precision']}"
+            f"{' (default)' if r.get('is_default') and r['method'] != 'reference' else ''} | {r['method']} | "
             f"{_f(r['ms_per_step'])} | {_f(r['images_per_s'])} | {_f(r['step_mem_mb'], '.0f')} | "
             f"{_f(r['peak_mem_mb'], '.0f')} | {_f(r.get('saved_mb'), '.1f')} | "
             f"{_f(r['gflop_per_step'], '.2f')} | {_f(r['achieved_gflops'])} | {_f(r.get('pct_of_peak'))} | "
@@ -686,6 +709,10 @@ def run_scaling(student: str = "resnet8x4", teacher: str = "resnet32x4", input_s
     """SemCKD step time and memory as candidate layers grow (stages → every block) and as the batch
     grows, plus a per-component breakdown at the base setting and at the largest layer set."""
     dev = resolve_device(device)
+    if precision == "auto":
+        precision = default_precision(dev)
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)}")
     d_steps, d_warm, d_rep = default_counts(dev)
     steps, warmup, repeats = steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep
     isolate = dev.type == "cpu" if isolate is None else isolate

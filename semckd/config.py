@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .precision import AMP_CHOICES
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -36,7 +37,6 @@ __all__ = [
     "resolve_config",
 ]
 
-AMP_CHOICES = ("none", "bf16", "fp16")
 SCHEDULES = ("multistep", "cosine", "constant")
 KINDS = ("teacher", "distill")
 
@@ -97,7 +97,8 @@ class TrainConfig:
     # ---- runtime
     seed: int = _f(0, "random seed (model init, data order, augmentation)")
     deterministic: bool = _f(False, "bitwise-reproducible kernels (slower); needed for exact resume on GPU")
-    amp: str = _f("none", "mixed precision: none, bf16 or fp16 (fp16 uses a GradScaler on CUDA)")
+    amp: str = _f("auto", "mixed precision: auto (bf16/fp16 where the hardware runs it natively, else "
+                          "float32), none, bf16 or fp16 (fp16 uses a GradScaler on CUDA)")
     channels_last: bool = _f(False, "NHWC memory format (faster convolutions on recent GPUs)")
     compile: bool = _f(False, "torch.compile the student and teacher")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")

@@ -46,6 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_diff
 from .errors import UserError
+from .precision import resolve_amp
 
 __all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
 
@@ -105,7 +106,11 @@ def _determinism(enabled: bool) -> Iterator[None]:
 
 
 def _amp_dtype(amp: str) -> torch.dtype | None:
+    """Autocast dtype of a resolved precision (see :func:`semckd.precision.resolve_amp`)."""
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+_PRECISION_NAMES = {"none": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -185,7 +190,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = 
     model.eval()
     dt = torch.float32 if device.type == "mps" else torch.float64
     sums = torch.zeros(4, dtype=dt, device=device)  # loss, top1, top5, n
-    dtype = _amp_dtype(amp)
+    dtype = _amp_dtype(resolve_amp(amp, device)[0])
     try:
         for batch in loader:
             images, targets = batch[0], batch[1]
@@ -416,8 +421,9 @@ class _Trainer:
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
-        self.amp_dtype = _amp_dtype(cfg.amp)
-        self.scaler = (torch.amp.GradScaler("cuda") if cfg.amp == "fp16" and device.type == "cuda" else None)
+        self.amp, self.amp_reason = resolve_amp(cfg.amp, device)
+        self.amp_dtype = _amp_dtype(self.amp)
+        self.scaler = (torch.amp.GradScaler("cuda") if self.amp == "fp16" and device.type == "cuda" else None)
         self.start_epoch = 1
         self.best_acc = 0.0
         self.best_epoch = 0
@@ -611,6 +617,7 @@ class _Trainer:
             self.say(f"training {cfg.model} ({self.num_params / 1e6:.2f}M params) with {cfg.method_spec} on "
                      f"{cfg.dataset} for {cfg.epochs} epochs on {self.device}"
                      + (f" x{env.world_size} processes" if env.enabled else "") + f" → {cfg.out}")
+            self.say(f"precision: {_PRECISION_NAMES[self.amp]} ({self.amp_reason})")
         observer = self.distiller if hasattr(self.distiller, "observe") else None
         t_start = time.perf_counter()
         last_test: dict[str, float] = {}
@@ -622,7 +629,7 @@ class _Trainer:
             if observer is not None:
                 self.distiller.eval()
             try:
-                test = evaluate(self.eval_model, self.test_loader, self.device, amp=cfg.amp,
+                test = evaluate(self.eval_model, self.test_loader, self.device, amp=self.amp,
                                 observer=observer, observe_batch=self.fixed, env=env)
             finally:
                 self.distiller.train()
@@ -654,6 +661,7 @@ class _Trainer:
             "epochs": cfg.epochs, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
             "final_acc": last_test.get("test_acc"), "final_top5": last_test.get("test_top5"),
             "num_params": self.num_params, "world_size": env.world_size, "device": str(self.device),
+            "amp": self.amp,
             "train_time_s": time.perf_counter() - t_start, "ddp_param_max_abs_diff": divergence,
         }
         if env.is_main:
@@ -695,7 +703,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------- eval command
 def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str | None = None,
                         model: str | None = None, batch_size: int = 256, device: str = "auto",
-                        amp: str = "none") -> dict[str, Any]:
+                        amp: str = "auto") -> dict[str, Any]:
     """Accuracy of a saved network (semckd checkpoint, or plain state_dict with ``model``) on a test set."""
     from .data import build_data
     from .models import create_model
@@ -730,7 +738,8 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
     net.to(dev)
     t0 = time.perf_counter()
     res = evaluate(net, test_loader, dev, amp=amp)
-    res.update(model=arch, dataset=dataset, checkpoint=str(path), eval_time_s=time.perf_counter() - t0)
+    res.update(amp=resolve_amp(amp, dev)[0], model=arch, dataset=dataset, checkpoint=str(path),
+               eval_time_s=time.perf_counter() - t0)
     if ncls <= 5:
         res.pop("test_top5")
     return res

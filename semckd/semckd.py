@@ -233,11 +233,13 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
     (B, S, T) per-pair errors. ``channels_last=None`` uses channels-last activations on CPU and under
     autocast (oneDNN's faster layout; ~2× with bf16 autocast on an AVX-512 CPU, no measurable gain in
     fp32 on an AVX2 one); maps are converted only where no extra copy is kept for backward (pooled
-    inputs, first-conv outputs), so activation memory equals the per-pair reference's. Fusing (``fuse=True``) gives pairs
-    that read the same pooled student input one 1×1 conv (concatenated weights), and pairs that share a
-    teacher layer and size grouped 3×3 / 1×1 convs, one BN over the concatenated channels (exact: BN is
-    per channel) and one batched MSE. Numbers are equal either way (1e-6 rel.). Grouped convs are slower
-    than separate ones on big maps but remove per-pair overhead on small ones, so ``fuse="auto"``
+    inputs, first-conv outputs), so activation memory equals the per-pair reference's. Fusing
+    (``fuse=True``) gives pairs that read the same pooled student input one 1×1 conv (concatenated
+    weights), and pairs that share a teacher layer and size grouped 3×3 / 1×1 convs, one BN over the
+    concatenated channels (exact: BN is per channel) and one batched MSE; it keeps concatenated weights
+    for backward (parameter-sized extra memory). Numbers are equal either way (1e-6 rel.). Grouped
+    convs are slower than separate ones on big maps but remove per-pair overhead on small ones, so
+    ``fuse="auto"``
     fuses only when the mean per-pair 3×3 work is small (see ``_FUSE_MAX_MACS``; measured on CPU only —
     check ``python -m semckd.reference --device cuda`` on a GPU). The attention branch and the loss
     reductions always run in float32 (autocast disabled); projectors follow the ambient autocast.

@@ -436,7 +436,10 @@ def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
     (row,) = rep["results"]
     assert rep["settings"]["isolated_processes"] is True and row["mem_kind"] == "cpu ru_maxrss growth"
     assert row["peak_mem_mb"] > 50 and math.isfinite(row["ms_per_step"]) and row["gflop_per_step"] is None
-    assert "| custom | resnet8 ← resnet8 | fp32 | kd |" in capsys.readouterr().out
+    from semckd.bench import default_precision
+
+    label = "fp32 (default)" if default_precision(torch.device("cpu")) == "fp32" else "fp32"
+    assert f"| custom | resnet8 ← resnet8 | {label} | kd |" in capsys.readouterr().out
     assert main(["bench", "--methods", "nope", "--device", "cpu"]) == 2
     assert main(["bench", "--student", "resnet8", "--device", "cpu"]) == 2
 

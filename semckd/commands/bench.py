@@ -38,8 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, help="custom pair: classes (default 100)")
     p.add_argument("--methods", default="vanilla,kd,semckd,reference",
                    help="comma list of: vanilla, kd, semckd, reference (default: all)")
-    p.add_argument("--amp", default="fp32,bf16",
-                   help="precisions: fp32, fp32-cl (fp32, channels-last networks), bf16 (bfloat16 autocast)")
+    p.add_argument("--amp", default="auto,fp32",
+                   help="precisions: auto (what training uses by default here: bf16/fp16 where the hardware "
+                        "runs it natively, else fp32), fp32, fp32-cl (fp32, channels-last networks), bf16, "
+                        "fp16 (autocast) (default: auto,fp32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, help="timed steps per repeat (default: 20 on GPU, 2 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed warm-up steps (default: 5 on GPU, 1 on CPU)")

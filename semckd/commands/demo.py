@@ -69,7 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="use the first N training images (default: 3000; 0 = all 60000)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64, the paper's)")
     p.add_argument("--beta", type=float, default=400.0, help="SemCKD loss weight (default: 400, the paper's)")
-    p.add_argument("--amp", default="none", help="mixed precision: none or bf16 (default: none)")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                   help="mixed precision (default: auto = bf16/fp16 where the hardware runs it natively, "
+                        "else float32)")
     p.add_argument("--seed", type=int, default=0, help="seed shared by both students (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     p.add_argument("--force", action="store_true", help="replace the runs a previous demo left in --out")

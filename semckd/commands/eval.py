@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it")
     p.add_argument("--batch-size", type=int, default=256, help="test batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+                   help="mixed precision (default: auto = what training picks on this hardware: bf16/fp16 "
+                        "where native, else float32)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=_run)
