@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
 import struct
@@ -636,3 +637,31 @@ def test_benchmark_script_runs(tmp_path, capsys):
                     "--device", "cpu"])
     assert res["images"] == 40 and res["device_loader_images_per_s"] > 0 and res["baseline_images_per_s"] > 0
     assert "speedup" in capsys.readouterr().out
+
+
+def test_whole_epoch_benchmark_runs_both_pipelines(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    import importlib.util
+
+    from semckd.bench import default_precision
+
+    make_idx_dir(tmp_path / "fm", gz=True, n_train=20)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "epoch.py"
+    spec = importlib.util.spec_from_file_location("epoch_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--fmnist-dir", str(tmp_path / "fm"), "--cifar-limit", "16", "--batch-size", "8",
+                     "--workers", "0", "--device", "cpu", "--json", str(tmp_path / "e.json")])
+    assert [(r["dataset"], r["variant"]) for r in rows] == [
+        (d, v) for d in ("fashion_mnist", "cifar100") for v in ("baseline", "semckd")]
+    for base, ours in (rows[:2], rows[2:]):
+        # the baseline is the per-pair fp32 criterion behind a PIL DataLoader; ours the defaults
+        assert (base["criterion"], base["loader"]) == ("ReferenceSemCKD", "DataLoader")
+        assert base["precision"] == "fp32"
+        assert (ours["criterion"], ours["loader"]) == ("SemCKD", "DeviceLoader")
+        assert ours["precision"] == default_precision(torch.device("cpu"))
+        assert base["images"] == ours["images"] == 16  # full batches of 8 (drop_last)
+        assert ours["speedup_vs_baseline"] == pytest.approx(base["epoch_s"] / ours["epoch_s"])
+    assert rows[2]["data"] == "random, CIFAR-100 format"
+    assert json.loads((tmp_path / "e.json").read_text()) == rows
+    assert "whole-epoch speed-up" in capsys.readouterr().out
