@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", default="auto",
+                   help="students' precision (default: auto, the library default); bf16-emulated checks "
+                        "bf16 numerics on hardware without bf16")
     p.add_argument("--data-dir", default="data",
                    help="dataset folder (Fashion-MNIST falls back to the system copy when absent)")
     p.add_argument("--dry-run", action="store_true", help="print the commands without running them")
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cmd = ["distill", *common, "--model", args.student, "--teacher", teacher, "--method", method,
                    "--epochs", str(args.epochs), "--milestones", *milestones(args.epochs),
-                   "--seed", str(seed), "--out", str(run_dir), "--force"]
+                   "--seed", str(seed), "--out", str(run_dir), "--force", "--amp", args.amp]
             if METHOD_ARGS.get(method):
                 cmd += ["--method-args", *METHOD_ARGS[method]]
             _run(_semckd(cmd), args.dry_run)

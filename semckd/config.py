@@ -98,7 +98,8 @@ class TrainConfig:
     seed: int = _f(0, "random seed (model init, data order, augmentation)")
     deterministic: bool = _f(False, "bitwise-reproducible kernels (slower); needed for exact resume on GPU")
     amp: str = _f("auto", "mixed precision: auto (bf16/fp16 where the hardware runs it natively, else "
-                          "float32), none, bf16 or fp16 (fp16 uses a GradScaler on CUDA)")
+                          "float32), none, bf16, fp16 (with a GradScaler on CUDA) or bf16-emulated "
+                          "(float32 with bf16 rounding: checks bf16 numerics on any hardware)")
     channels_last: bool = _f(False, "NHWC memory format (faster convolutions on recent GPUs)")
     compile: bool = _f(False, "torch.compile the student and teacher")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")

@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_diff
 from .errors import UserError
-from .precision import resolve_amp
+from .precision import emulate_bf16, resolve_amp
 
 __all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
 
@@ -105,15 +105,15 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[1], prev[2]
 
 
-def _amp_dtype(amp: str) -> torch.dtype | None:
-    """Autocast dtype of a resolved precision (see :func:`semckd.precision.resolve_amp`)."""
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+_PRECISION_NAMES = {"none": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast",
+                    "bf16-emulated": "float32 with bfloat16 rounding (emulation)"}
 
 
-_PRECISION_NAMES = {"none": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast"}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """The mixed-precision context of a resolved precision (see :func:`semckd.precision.resolve_amp`)."""
+    if amp == "bf16-emulated":
+        return emulate_bf16()
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -190,18 +190,18 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = 
     model.eval()
     dt = torch.float32 if device.type == "mps" else torch.float64
     sums = torch.zeros(4, dtype=dt, device=device)  # loss, top1, top5, n
-    dtype = _amp_dtype(resolve_amp(amp, device)[0])
+    amp = resolve_amp(amp, device)[0]
     try:
         for batch in loader:
             images, targets = batch[0], batch[1]
-            with _autocast(device, dtype):
+            with _autocast(device, amp):
                 logits = model(images)
             sums[0] += F.cross_entropy(logits.float(), targets, reduction="sum").to(dt)
             sums[1] += (logits.argmax(1) == targets).sum().to(dt)
             sums[2] += topk_correct(logits, targets, 5).to(dt)
             sums[3] += targets.numel()
             if observer is not None and (observe_batch is None or images.shape[0] == observe_batch):
-                with _autocast(device, dtype):
+                with _autocast(device, amp):
                     observer.observe(images, targets)
     finally:
         model.train(was)
@@ -422,7 +422,6 @@ class _Trainer:
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
         self.amp, self.amp_reason = resolve_amp(cfg.amp, device)
-        self.amp_dtype = _amp_dtype(self.amp)
         self.scaler = (torch.amp.GradScaler("cuda") if self.amp == "fp16" and device.type == "cuda" else None)
         self.start_epoch = 1
         self.best_acc = 0.0
@@ -556,7 +555,7 @@ class _Trainer:
             if self.fixed is not None and images.shape[0] != self.fixed:
                 continue
             step += 1
-            with _autocast(device, self.amp_dtype):
+            with _autocast(device, self.amp):
                 logits, losses = self.model(images, targets, index)
             if not losses:
                 raise UserError(f"method {cfg.method_spec!r} returned no loss terms")

@@ -16,18 +16,40 @@ Rules of ``"auto"``:
 
 ``SEMCKD_AMP=none|bf16|fp16`` in the environment overrides what ``"auto"`` picks (e.g. to force exact
 float32 everywhere in a CI job) without editing configs.
+
+``"bf16-emulated"`` is a numerics check, not a speed mode: on hardware without bfloat16 it trains in
+float32 but rounds to bfloat16 the operands and results of every op that autocast runs in bf16
+(convolutions, linear layers, matmuls), forward *and* backward (incoming and outgoing gradients),
+so one can see whether a distillation recipe survives bf16 before renting bf16 hardware. It is a lower
+bound on bf16's rounding: elementwise ops (BN, ReLU, residual adds), which real autocast also runs in
+bf16 after a bf16 convolution, stay float32 here. Blocks that switch autocast off
+(:func:`semckd.semckd.no_autocast`, e.g. SemCKD's attention and loss reductions) switch it off too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
-__all__ = ["AMP_CHOICES", "cpu_has_native_bf16", "resolve_amp"]
+__all__ = ["AMP_CHOICES", "cpu_has_native_bf16", "emulate_bf16", "emulation_active", "resolve_amp",
+           "suspend_emulation"]
 
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")
+AMP_CHOICES = ("auto", "none", "bf16", "fp16", "bf16-emulated")
 _ENV = "SEMCKD_AMP"
+# autocast's lower-precision op list (CPU and CUDA), by function name
+_LOW_PRECISION_OPS = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "conv_tbc",
+    "_convolution", "convolution", "linear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm",
+    "baddbmm", "addbmm", "prelu", "scaled_dot_product_attention",
+})
+_state = threading.local()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -53,7 +75,8 @@ def resolve_amp(amp: str, device: torch.device | str) -> tuple[str, str]:
     forced = os.environ.get(_ENV, "").strip().lower()
     if forced:
         if forced not in AMP_CHOICES[1:]:
-            raise ValueError(f"{_ENV}={forced!r} is not a precision; use none, bf16 or fp16 (or unset it)")
+            raise ValueError(f"{_ENV}={forced!r} is not a precision; use none, bf16, fp16 or bf16-emulated "
+                             "(or unset it)")
         return forced, f"auto, overridden by {_ENV}"
     dev = torch.device(device)
     if dev.type == "cuda":
@@ -65,3 +88,60 @@ def resolve_amp(amp: str, device: torch.device | str) -> tuple[str, str]:
             return "bf16", "auto: this CPU has native bfloat16 (AVX512-BF16/AMX)"
         return "none", "auto: this CPU has no native bfloat16 (AVX512-BF16/AMX), so bf16 would be slower"
     return "none", f"auto: no mixed precision on {dev.type}; float32"
+
+
+# ---------------------------------------------------------------------- bf16 emulation (numerics check)
+class _RoundToBF16(torch.autograd.Function):
+    """Round to the nearest bfloat16 value and back, in the forward pass and on the gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.bfloat16).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.to(torch.bfloat16).to(grad.dtype)
+
+
+def _round(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.dtype in (torch.float32, torch.float64):
+        return _RoundToBF16.apply(x)
+    return x
+
+
+def emulation_active() -> bool:
+    """True inside :func:`emulate_bf16` and outside any :func:`suspend_emulation` block."""
+    return getattr(_state, "depth", 0) > 0 and not getattr(_state, "suspended", False)
+
+
+class _BF16Emulation(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if emulation_active() and getattr(func, "__name__", "") in _LOW_PRECISION_OPS:
+            # operands rounded (their gradients too, on the way back), maths in fp32 as bf16 units
+            # accumulate, result rounded as a bf16 output would be
+            return tree_map(_round, func(*tree_map(_round, args), **tree_map(_round, kwargs)))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def emulate_bf16() -> Iterator[None]:
+    """Run the block with bfloat16 rounding of autocast's low-precision ops (see the module doc)."""
+    _state.depth = getattr(_state, "depth", 0) + 1
+    try:
+        with _BF16Emulation():
+            yield
+    finally:
+        _state.depth -= 1
+
+
+@contextlib.contextmanager
+def suspend_emulation() -> Iterator[None]:
+    """Exact float32 inside the block even under :func:`emulate_bf16` (what autocast(enabled=False) is
+    to real autocast)."""
+    before = getattr(_state, "suspended", False)
+    _state.suspended = True
+    try:
+        yield
+    finally:
+        _state.suspended = before

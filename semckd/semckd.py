@@ -23,11 +23,13 @@ square of the student's/teacher's height only.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .precision import emulation_active, suspend_emulation
 
 __all__ = ["MODES", "MLPEmbed", "OfficialLayoutMixin", "SemCKD", "make_projector", "pair_size"]
 
@@ -85,11 +87,16 @@ def autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
-def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
-    """Switch autocast off for a block (float32 maths) — a no-op where it is not on."""
-    if autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
+@contextlib.contextmanager
+def no_autocast(device_type: str) -> Iterator[None]:
+    """Switch autocast (and the bf16 emulation of ``amp="bf16-emulated"``) off for a block: float32
+    maths — a no-op where neither is on."""
+    with contextlib.ExitStack() as stack:
+        if autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        if emulation_active():
+            stack.enter_context(suspend_emulation())
+        yield
 
 
 def _pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

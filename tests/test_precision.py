@@ -85,3 +85,68 @@ def test_bench_auto_measures_the_default_precision_once(monkeypatch):
         torch.device("cpu")), "settings": {"batch_size": 4, "warmup": 0, "repeats": 1, "steps": 1}})
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert bench.default_precision(torch.device("cpu")) == "bf16"
+
+
+# ---------------------------------------------------------------------- bf16 emulation
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.bfloat16().float()
+
+
+def test_emulation_rounds_low_precision_ops_forward_and_backward():
+    import torch.nn.functional as F
+
+    from semckd.precision import emulate_bf16, emulation_active
+    from semckd.semckd import no_autocast
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, generator=g, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=g, requires_grad=True)
+    assert not emulation_active()
+    with emulate_bf16():
+        y = F.conv2d(x, w, padding=1)
+        r = y.relu()  # elementwise: not rounded (autocast would keep bf16; the emulation is a lower bound)
+        with no_autocast("cpu"):  # SemCKD's fp32 blocks switch the emulation off, as they do autocast
+            exact = F.conv2d(x, w, padding=1)
+        out = torch.nn.functional.linear(r.flatten(1), torch.ones(2, 100))
+    assert not emulation_active()
+    torch.testing.assert_close(y, _bf16(F.conv2d(_bf16(x), _bf16(w), padding=1)), rtol=0, atol=0)
+    assert not torch.equal(y, F.conv2d(x, w, padding=1))
+    assert torch.equal(exact, F.conv2d(x, w, padding=1))
+    assert torch.equal(r, y.relu())
+    out.sum().backward()
+    # every gradient leaving a rounded op is a bf16 value, as in a bf16 backward
+    assert torch.equal(x.grad, _bf16(x.grad)) and torch.equal(w.grad, _bf16(w.grad))
+    # ... which plain fp32 gradients are not (so the check above can fail)
+    x32 = x.detach().requires_grad_()
+    F.linear(F.conv2d(x32, w, padding=1).relu().flatten(1), torch.ones(2, 100)).sum().backward()
+    assert not torch.equal(x32.grad, _bf16(x32.grad))
+
+
+def test_emulated_semckd_loss_matches_real_bf16_autocast_more_closely_than_fp32():
+    from semckd.precision import emulate_bf16
+    from semckd.semckd import SemCKD
+
+    g = torch.Generator().manual_seed(1)
+    m = SemCKD([8, 16], [12, 24], batch_size=8)
+    fs = [torch.randn(8, 8, 8, 8, generator=g).relu(), torch.randn(8, 16, 4, 4, generator=g).relu()]
+    ft = [torch.randn(8, 12, 8, 8, generator=g).relu(), torch.randn(8, 24, 4, 4, generator=g).relu()]
+    fp32 = m(fs, ft)[0].item()
+    with emulate_bf16():
+        emulated = m(fs, ft)[0].item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        real = m(fs, ft)[0].item()
+    assert emulated != fp32
+    assert abs(emulated - real) <= abs(fp32 - real) and abs(emulated - real) < 1e-3 * abs(real)
+
+
+def test_engine_trains_with_bf16_emulation(tmp_path):
+    register_tiny()
+    data = str(make_fashion_mnist(tmp_path / "d", n_train=64, n_test=32))
+    cfg = resolve_config("teacher", flags=dict(dataset="fashion_mnist", data_dir=data, model=TINY, epochs=1,
+                                               batch_size=32, out=str(tmp_path / "r"), device="cpu",
+                                               quiet=True, tensorboard=False, milestones=[],
+                                               amp="bf16-emulated"))[0]
+    summary = engine.train(cfg)
+    assert summary["amp"] == "bf16-emulated" and 0 <= summary["best_acc"] <= 100
+    res = engine.evaluate_checkpoint(str(tmp_path / "r" / "best.pt"), device="cpu", amp="bf16-emulated")
+    assert res["test_acc"] == pytest.approx(summary["best_acc"])

@@ -54,6 +54,8 @@ def verify_teacher(path: Path, record: dict[str, Any]) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..precision import AMP_CHOICES
+
     p = subparsers.add_parser(
         "demo", help="distil the shipped Fashion-MNIST teacher with SemCKD (a few CPU minutes)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
@@ -69,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="use the first N training images (default: 3000; 0 = all 60000)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64, the paper's)")
     p.add_argument("--beta", type=float, default=400.0, help="SemCKD loss weight (default: 400, the paper's)")
-    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+    p.add_argument("--amp", default="auto", choices=list(AMP_CHOICES),
                    help="mixed precision (default: auto = bf16/fp16 where the hardware runs it natively, "
                         "else float32)")
     p.add_argument("--seed", type=int, default=0, help="seed shared by both students (default: 0)")

@@ -24,6 +24,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..precision import AMP_CHOICES
+
     p = subparsers.add_parser("eval", help="evaluate a checkpoint on a test set",
                               description="Print top-1 (and top-5) test accuracy of a checkpoint.",
                               epilog="example: semckd eval --checkpoint runs/s/best.pt")
@@ -33,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it")
     p.add_argument("--batch-size", type=int, default=256, help="test batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--amp", default="auto", choices=["auto", "none", "bf16", "fp16"],
+    p.add_argument("--amp", default="auto", choices=list(AMP_CHOICES),
                    help="mixed precision (default: auto = what training picks on this hardware: bf16/fp16 "
                         "where native, else float32)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
