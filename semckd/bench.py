@@ -7,7 +7,8 @@ already on the device, so the numbers are the model/method cost without data loa
 
 Rows:
 
-* ``vanilla`` / ``kd`` / ``semckd``: the library's distillers in float32 and under bfloat16 autocast;
+* ``vanilla`` / ``kd`` / ``semckd``: the library's distillers in float32 (``fp32``, ``fp32-cl``) or
+  under autocast (``bf16``, ``fp16``); ``auto`` stands for the precision training's default picks here;
 * ``reference``: the same SemCKD step with the criterion swapped for
   :class:`semckd.reference.ReferenceSemCKD` — per-pair Python loops, float32, as the authors wrote it —
   measured in the same run on the same machine, so ``speedup`` (reference time / SemCKD time) and
@@ -582,11 +583,11 @@ def _component_breakdown(cfg: BenchConfig, repeats: int) -> dict[str, Any]:
 
     device = resolve_device(cfg.device)
     step, distiller, opt, (x, y, idx) = build_step(cfg, device)
-    amp = cfg.precision == "bf16"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     step()  # warm up, allocate optimizer state
 
     def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+        return torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
 
     def teacher_fwd():
         with autocast():

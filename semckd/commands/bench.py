@@ -8,9 +8,11 @@ import sys
 
 _DESCRIPTION = """\
 Time one training step (teacher forward + student forward/backward + method losses + SGD step) for
-vanilla, KD, SemCKD and the paper-faithful per-pair-loop SemCKD ("reference", fp32), in fp32 and under
-bf16 autocast, on random inputs. Prints a markdown table (ms/step, images/s, memory, FLOPs, achieved
-FLOP/s, speedup of SemCKD over the reference measured in the same run).
+vanilla, KD, SemCKD and the paper-faithful per-pair-loop SemCKD ("reference", fp32), by default at the
+precision training uses by default on this hardware ("auto": bf16/fp16 autocast where native, else
+fp32; marked "(default)") and in fp32, on random inputs. Prints a markdown table (ms/step, images/s,
+memory, activations saved for backward, FLOPs, achieved FLOP/s, speedup of SemCKD over the reference
+measured in the same run).
 
 Memory: on CUDA, max_memory_allocated during the steps minus what the models took before ("step mem").
 On CPU each configuration runs in a fresh process and "step mem" is the growth of its peak resident set
