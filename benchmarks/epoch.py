@@ -37,14 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semckd.bench import _reference_swap, resolve_device
+from semckd.bench import PAIRS, _reference_swap, _sync, default_precision, resolve_device, train_step
 from semckd.data import DeviceLoader, dataset_defaults, load_arrays
 from semckd.data.baseline import baseline_loader
 from semckd.methods import BuildContext, build_distiller
 from semckd.models import create_model
-from semckd.precision import resolve_amp
 
-PAIRS = {"fashion_mnist": ("resnet8", "resnet20"), "cifar100": ("resnet8x4", "resnet32x4")}
+# dataset → the bench's pair for it: (student, teacher, input size, in channels, classes)
+DATASET_PAIRS = {"fashion_mnist": PAIRS["fmnist"], "cifar100": PAIRS["cifar100"]}
 
 
 def write_cifar100(root: Path, n_train: int, n_test: int = 64, seed: int = 0) -> Path:
@@ -79,16 +79,10 @@ def _calibrate(teacher: torch.nn.Module, images: torch.Tensor, d: dict, device: 
         m.momentum = 0.1
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_epoch(dataset: str, images: torch.Tensor, targets: torch.Tensor, variant: str, device: torch.device,
                batch_size: int, workers: int, seed: int = 0, lr: float = 0.01) -> dict:
     d = dataset_defaults(dataset)
-    student_arch, teacher_arch = PAIRS[dataset]
-    ncls, cin = (100, 3) if dataset == "cifar100" else (10, 1)
+    student_arch, teacher_arch, _, cin, ncls = DATASET_PAIRS[dataset]
     torch.manual_seed(seed)
     student = create_model(student_arch, num_classes=ncls, in_channels=cin).to(device)
     teacher = create_model(teacher_arch, num_classes=ncls, in_channels=cin).to(device)
@@ -99,43 +93,32 @@ def time_epoch(dataset: str, images: torch.Tensor, targets: torch.Tensor, varian
     distiller = build_distiller("semckd", student, teacher, ctx, {}).to(device)
     if variant == "baseline":
         _reference_swap(distiller)
-        amp = "none"
+        precision = "fp32"
         loader = baseline_loader(images, targets, batch_size=batch_size, mean=d["mean"], std=d["std"],
                                  pad=d["pad"], flip=d["flip"], workers=workers, drop_last=True,
                                  pin_memory=device.type == "cuda")
     else:
-        amp = resolve_amp("auto", device)[0]
+        precision = default_precision(device)
         loader = DeviceLoader(images, targets, batch_size=batch_size, mean=d["mean"], std=d["std"],
                               shuffle=True, augment=True, pad=d["pad"], flip=d["flip"], device=device,
                               drop_last=True)
     distiller.train()
     opt = torch.optim.SGD(distiller.trainable_parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" and device.type == "cuda" else None
+    step = train_step(distiller, opt, device, precision)
     iterator = iter(loader)
     _sync(device)
     t0 = time.perf_counter()
     n = 0
     for x, y, idx in iterator:
         x, y, idx = (t.to(device, non_blocking=True) for t in (x, y, idx))
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            _, losses = distiller(x, y, idx)
-            loss = sum(losses.values())
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        loss = step(x, y, idx)
         n += x.shape[0]
     _sync(device)
     sec = time.perf_counter() - t0
     if not torch.isfinite(loss):
         raise RuntimeError(f"{variant}: non-finite loss")
     criterion = next(type(m).__name__ for m in distiller.modules() if hasattr(m, "num_teacher"))
-    return {"variant": variant, "precision": amp if amp != "none" else "fp32", "criterion": criterion,
+    return {"variant": variant, "precision": precision, "criterion": criterion,
             "loader": type(loader).__name__, "images": n, "epoch_s": sec, "images_per_s": n / sec}
 
 

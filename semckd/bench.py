@@ -58,10 +58,11 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .precision import autocast_dtype
 
 __all__ = ["PAIRS", "BenchConfig", "block_layers", "component_breakdown", "format_scaling", "format_table",
            "layer_sweep", "machine_info", "matmul_peak_gflops", "measure", "run_bench", "run_scaling",
-           "saved_for_backward_mb"]
+           "saved_for_backward_mb", "train_step"]
 
 # name → (student, teacher, input size, in channels, classes)
 PAIRS: dict[str, tuple[str, str, int, int, int]] = {
@@ -171,13 +172,24 @@ def build_step(cfg: BenchConfig, device: torch.device):
     opt = torch.optim.SGD(distiller.trainable_parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown precision {cfg.precision!r}; use one of {', '.join(PRECISIONS)}")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    # fp16 trains with loss scaling on CUDA, as the engine does
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and device.type == "cuda" else None
+    train = train_step(distiller, opt, device, cfg.precision)
+    return (lambda: train(x, y, idx)), distiller, opt, (x, y, idx)
 
-    def step() -> torch.Tensor:
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def train_step(distiller: nn.Module, opt: torch.optim.Optimizer, device: torch.device, precision: str
+               ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``step(images, targets, index) -> loss``: one optimisation step as the engine takes it (autocast
+    at ``precision``; fp16 with loss scaling on CUDA), for timing outside the engine."""
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
+
+    def step(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with _autocast(device, precision):
             _, losses = distiller(x, y, idx)
             loss = sum(losses.values())
         if scaler is not None:
@@ -189,7 +201,7 @@ def build_step(cfg: BenchConfig, device: torch.device):
             opt.step()
         return loss.detach()
 
-    return step, distiller, opt, (x, y, idx)
+    return step
 
 
 def _sync(device: torch.device) -> None:
@@ -351,7 +363,7 @@ def matmul_peak_gflops(device: torch.device, precision: str, n: int | None = Non
     """Best GFLOP/s of a large dense matmul and a large 3×3 convolution measured here: a practical
     stand-in for the machine's peak (vendor peaks are rarely reachable; CPU BLAS and oneDNN differ, so
     the faster of the two is used)."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = autocast_dtype(precision) or torch.float32
     cuda = device.type == "cuda"
     n = n or (8192 if cuda else 1536)
     inner = 10 if cuda else 1
@@ -405,9 +417,6 @@ def run_bench(pairs: Sequence[tuple[str, str, str, int, int, int]], methods: Seq
     if batch_size < 1:
         raise UserError("--batch-size must be ≥ 1")
     dev = resolve_device(device)
-    default = default_precision(dev)
-    # "auto" → the precision training's default picks here, measured once even if also listed
-    precisions = list(dict.fromkeys(default if p == "auto" else p for p in precisions))
     d_steps, d_warm, d_rep = default_counts(dev)
     steps, warmup, repeats = steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep
     isolate = dev.type == "cpu" if isolate is None else isolate
@@ -420,6 +429,9 @@ def _run_bench(pairs, methods, precisions, batch_size, dev, steps, warmup, repea
                peak_gflops, threads, log) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     peaks: dict[str, tuple[float, str]] = {}
+    default = default_precision(dev)
+    # "auto" → the precision training's default picks here, measured once even if also listed
+    precisions = list(dict.fromkeys(default if p == "auto" else p for p in precisions))
     for prec in precisions:
         if peak_gflops:
             peaks[prec] = (float(peak_gflops), "user")
@@ -439,7 +451,7 @@ def _run_bench(pairs, methods, precisions, batch_size, dev, steps, warmup, repea
                 if prec in peaks and row.get("achieved_gflops") is not None:
                     row["peak_gflops"], row["peak_source"] = peaks[prec]
                     row["pct_of_peak"] = 100.0 * row["achieved_gflops"] / peaks[prec][0]
-                row["is_default"] = prec == default_precision(dev)
+                row["is_default"] = prec == default
                 results.append(row)
     _add_speedups(results)
     return {"machine": machine_info(dev),
@@ -583,11 +595,10 @@ def _component_breakdown(cfg: BenchConfig, repeats: int) -> dict[str, Any]:
 
     device = resolve_device(cfg.device)
     step, distiller, opt, (x, y, idx) = build_step(cfg, device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     step()  # warm up, allocate optimizer state
 
     def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None)
+        return _autocast(device, cfg.precision)
 
     def teacher_fwd():
         with autocast():

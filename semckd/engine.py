@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_diff
 from .errors import UserError
-from .precision import emulate_bf16, resolve_amp
+from .precision import autocast_dtype, emulate_bf16, resolve_amp
 
 __all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
 
@@ -113,7 +113,7 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     """The mixed-precision context of a resolved precision (see :func:`semckd.precision.resolve_amp`)."""
     if amp == "bf16-emulated":
         return emulate_bf16()
-    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    dtype = autocast_dtype(amp)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -38,8 +38,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["AMP_CHOICES", "cpu_has_native_bf16", "emulate_bf16", "emulation_active", "resolve_amp",
-           "suspend_emulation"]
+__all__ = ["AMP_CHOICES", "autocast_dtype", "cpu_has_native_bf16", "emulate_bf16", "emulation_active",
+           "resolve_amp", "suspend_emulation"]
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16", "bf16-emulated")
 _ENV = "SEMCKD_AMP"
@@ -50,6 +50,12 @@ _LOW_PRECISION_OPS = frozenset({
     "baddbmm", "addbmm", "prelu", "scaled_dot_product_attention",
 })
 _state = threading.local()
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name (``bf16``/``fp16``); None for the float32 ones (``none``,
+    the bench's ``fp32``/``fp32-cl``, ``bf16-emulated``, which rounds in float32 instead)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def cpu_has_native_bf16() -> bool:
