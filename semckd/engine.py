@@ -46,7 +46,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_diff
 from .errors import UserError
-from .precision import autocast_dtype, emulate_bf16, resolve_amp
+from .precision import autocast_dtype, emulate_bf16, resolve_amp, state_writes_guard
 
 __all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
 
@@ -201,7 +201,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = 
             sums[2] += topk_correct(logits, targets, 5).to(dt)
             sums[3] += targets.numel()
             if observer is not None and (observe_batch is None or images.shape[0] == observe_batch):
-                with _autocast(device, amp):
+                with _autocast(device, amp), state_writes_guard():
                     observer.observe(images, targets)
     finally:
         model.train(was)

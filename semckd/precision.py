@@ -38,8 +38,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["AMP_CHOICES", "autocast_dtype", "cpu_has_native_bf16", "emulate_bf16", "emulation_active",
-           "resolve_amp", "suspend_emulation"]
+__all__ = ["AMP_CHOICES", "autocast_dtype", "cast_state_writes", "cpu_has_native_bf16", "emulate_bf16",
+           "emulation_active", "resolve_amp", "state_writes_guard", "suspend_emulation"]
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16", "bf16-emulated")
 _ENV = "SEMCKD_AMP"
@@ -151,3 +151,51 @@ def suspend_emulation() -> Iterator[None]:
         yield
     finally:
         _state.suspended = before
+
+
+# ---------------------------------------------------------------------- state writes under autocast
+# in-place indexed writes that refuse a source of another dtype, and the position / keyword of the source
+_INDEXED_WRITES = {
+    "__setitem__": (2, "value"), "index_put_": (2, "values"), "index_put": (2, "values"),
+    "index_copy_": (3, "source"), "index_copy": (3, "source"), "index_add_": (3, "source"),
+    "index_add": (3, "source"), "index_reduce_": (3, "source"), "scatter_": (3, "src"),
+    "scatter_add_": (3, "src"), "scatter_reduce_": (3, "src"), "masked_scatter_": (2, "source"),
+    "put_": (2, "source"),
+}
+
+
+class _CastStateWrites(TorchFunctionMode):
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        where = _INDEXED_WRITES.get(getattr(func, "__name__", ""))
+        if where is not None and args and isinstance(args[0], torch.Tensor):
+            dst, (pos, key) = args[0], where
+            if pos < len(args):
+                src = args[pos]
+                if isinstance(src, torch.Tensor) and src.dtype != dst.dtype and src.is_floating_point():
+                    args = (*args[:pos], src.to(dst.dtype), *args[pos + 1:])
+            elif isinstance(kwargs.get(key), torch.Tensor) and kwargs[key].dtype != dst.dtype:
+                kwargs = {**kwargs, key: kwargs[key].to(dst.dtype)}
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def cast_state_writes() -> Iterator[None]:
+    """Inside the block, an indexed in-place write (``bank[idx] = z``, ``index_copy_``, ``scatter_``, ...)
+    casts its source to the destination's dtype.
+
+    Why: under bf16/fp16 autocast a method's activations come out in low precision while its float32
+    buffers (memory banks, running statistics) stay float32, and PyTorch refuses such writes ("Index put
+    requires the source and destination dtypes match"). A buffer keeps its dtype, as it would in a
+    float32 run. The engine runs every method's :meth:`~semckd.methods.Distiller.distill_losses` and
+    ``observe`` inside this block while autocast is on; outside autocast it is not entered (no overhead).
+    """
+    with _CastStateWrites():
+        yield
+
+
+def state_writes_guard() -> contextlib.AbstractContextManager:
+    """:func:`cast_state_writes` inside a ``torch.autocast`` block (CPU or CUDA), else a no-op context."""
+    if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+        return cast_state_writes()
+    return contextlib.nullcontext()

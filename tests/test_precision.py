@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from engine_helpers import TINY, make_fashion_mnist, register_tiny
@@ -150,3 +152,78 @@ def test_engine_trains_with_bf16_emulation(tmp_path):
     assert summary["amp"] == "bf16-emulated" and 0 <= summary["best_acc"] <= 100
     res = engine.evaluate_checkpoint(str(tmp_path / "r" / "best.pt"), device="cpu", amp="bf16-emulated")
     assert res["test_acc"] == pytest.approx(summary["best_acc"])
+
+
+def _register_user_bank_method() -> str:
+    """A method written as a user would: float32 buffers updated in place from the step's activations."""
+    from torch import nn
+
+    from semckd.methods import Distiller, list_methods, register_method
+
+    name = "user_bank_method"
+    if name in list_methods():
+        return name
+
+    class UserBank(Distiller):
+        needs_teacher = False
+
+        def __init__(self, student, teacher, ctx, *, weight: float = 0.1, **kw) -> None:
+            super().__init__(student, teacher, ctx, **kw)
+            s, _ = self.probe(ctx.example_input)
+            self.proj = nn.Linear(s.embedding.shape[1], 4)
+            self.weight = weight
+            self.register_buffer("bank", torch.zeros(ctx.num_samples, 4))
+            self.register_buffer("copied", torch.zeros(ctx.num_samples, 4))
+            self.register_buffer("scattered", torch.zeros(ctx.num_samples, 4))
+            self.register_buffer("seen", torch.zeros(10, 4))
+
+        def distill_losses(self, s, t, targets, index):
+            z = self.proj(s.embedding)  # bf16/fp16 under autocast
+            loss = ((z.float() - self.bank[index]) ** 2).mean()
+            with torch.no_grad():
+                self.bank[index] = z.detach()
+                self.copied.index_copy_(0, index, z.detach())
+                self.scattered.scatter_(0, index[:, None].expand(-1, 4), z.detach())
+            return {"user": self.weight * loss}
+
+        def observe(self, images, targets) -> None:
+            self.seen[targets] = self.proj(self.student_forward(images).embedding)
+
+    UserBank.name = name
+    register_method(UserBank)
+    return name
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_a_users_method_with_float32_buffers_trains_under_autocast(tmp_path, amp):
+    """Autocast makes the activations low precision while buffers stay float32; writes must not crash."""
+    register_tiny()
+    method = _register_user_bank_method()
+    data = str(make_fashion_mnist(tmp_path / "d", n_train=64, n_test=32))
+    cfg = resolve_config("distill", flags=dict(dataset="fashion_mnist", data_dir=data, model=TINY, epochs=1,
+                                               method=method, batch_size=32, out=str(tmp_path / "r"),
+                                               device="cpu", quiet=True, tensorboard=False, milestones=[],
+                                               amp=amp))[0]
+    summary = engine.train(cfg)
+    assert summary["amp"] == amp
+    extras = torch.load(tmp_path / "r" / "last.pt", weights_only=True)["extras"]
+    for key in ("bank", "copied", "scattered", "seen"):
+        buf = extras[key]
+        assert buf.dtype == torch.float32 and torch.isfinite(buf).all()
+        assert buf.abs().sum() > 0, f"{key} was never written"
+    assert torch.equal(extras["bank"], extras["copied"])
+
+
+def test_state_writes_cast_only_inside_the_guard():
+    bank, z, idx = torch.zeros(6, 3), torch.ones(2, 3, dtype=torch.bfloat16), torch.tensor([1, 4])
+    with pytest.raises(RuntimeError, match="dtype"):
+        bank[idx] = z
+    with precision.cast_state_writes():
+        bank[idx] = z
+        bank.index_add_(0, idx, z)
+    assert bank.dtype == torch.float32 and bank[[1, 4]].eq(2).all() and bank.sum() == 12
+    assert isinstance(precision.state_writes_guard(), contextlib.nullcontext)  # no mode without autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with precision.state_writes_guard():
+            bank[idx] = torch.nn.functional.linear(torch.ones(2, 3), torch.eye(3))
+    assert bank[[1, 4]].eq(1).all()

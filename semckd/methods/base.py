@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureTap, unwrap
+from ..precision import state_writes_guard
 
 __all__ = [
     "BuildContext",
@@ -166,7 +167,8 @@ class Distiller(nn.Module):
         t = self.teacher_forward(images)
         s = self.student_forward(images)
         losses = self.base_losses(s, t, targets)
-        losses.update(self.distill_losses(s, t, targets, index))
+        with state_writes_guard():  # a method's float32 buffers accept its bf16/fp16 activations
+            losses.update(self.distill_losses(s, t, targets, index))
         return s.logits, losses
 
     # ------------------------------------------------------------------ engine helpers
