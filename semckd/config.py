@@ -92,6 +92,10 @@ class TrainConfig:
     warmup_epochs: int = _f(0, "linear learning-rate warm-up epochs")
     # ---- data
     limit_train: int | None = _f(None, "use only the first N training images (quick runs)")
+    val_split: int = _f(0, "hold out N training images (stratified) as a validation split: the best "
+                           "epoch is then chosen on it and the test set is only recorded")
+    val_seed: int = _f(0, "seed of the validation split (kept apart from --seed so every run of a "
+                          "table validates on the same images)")
     augment: bool = _f(True, "random crop + flip training augmentation")
     workers: int = _f(2, "data-loading workers (image folders only)")
     # ---- runtime
@@ -346,6 +350,7 @@ def _validate(cfg: TrainConfig) -> None:
     need(0 < cfg.lr_decay <= 1, f"lr_decay must be in (0, 1], got {cfg.lr_decay}")
     need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
     need(cfg.limit_train is None or cfg.limit_train >= 1, f"limit_train must be >= 1, got {cfg.limit_train}")
+    need(cfg.val_split >= 0, f"val_split must be >= 0 (0 = no validation split), got {cfg.val_split}")
     need(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
     need(cfg.amp in AMP_CHOICES, f"amp must be one of {', '.join(AMP_CHOICES)}, got {cfg.amp!r}")
     need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device) is not None,
@@ -419,6 +424,7 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = R
     for k in sorted(set(a) | set(b)):
         if k in ignore:
             continue
-        if a.get(k) != b.get(k):
+        default = _FIELDS[k].default if k in _FIELDS else None  # a key added after the run was saved
+        if a.get(k, default) != b.get(k, default):
             out.append(f"{k}: {a.get(k)!r} → {b.get(k)!r}")
     return out

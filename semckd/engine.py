@@ -325,7 +325,7 @@ class _Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        from .data import build_data
+        from .data import build_splits
         from .methods import BuildContext, build_distiller
         from .models import create_model, list_models
 
@@ -352,11 +352,11 @@ class _Trainer:
 
         _seed_all(cfg.seed)
         eval_bs = cfg.eval_batch_size or self.batch
-        self.train_loader, self.test_loader, info = build_data(
+        self.train_loader, self.val_loader, self.test_loader, info = build_splits(
             cfg.dataset, cfg.data_dir, self.batch, device=device, download=cfg.download,
             limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=False, seed=cfg.seed,
             rank=env.rank, world_size=env.world_size, channels_last=cfg.channels_last, workers=cfg.workers,
-            augment=cfg.augment)
+            augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
         self.info = info
         self.num_classes = int(_info(info, "num_classes"))
         self.in_channels = int(_info(info, "in_channels"))
@@ -424,7 +424,8 @@ class _Trainer:
         self.amp, self.amp_reason = resolve_amp(cfg.amp, device)
         self.scaler = (torch.amp.GradScaler("cuda") if self.amp == "fp16" and device.type == "cuda" else None)
         self.start_epoch = 1
-        self.best_acc = 0.0
+        self.best_acc = 0.0  # test accuracy of the selected (best) epoch
+        self.best_val_acc: float | None = None  # its validation accuracy, with a validation split
         self.best_epoch = 0
         if self.resume_ckpt is not None:
             self._load_resume(self.resume_ckpt)
@@ -464,11 +465,21 @@ class _Trainer:
             self.scaler.load_state_dict(ck["scaler"])
         self.start_epoch = int(ck["epoch"]) + 1
         self.best_acc = float(ck.get("best_acc", 0.0))
+        self.best_val_acc = ck.get("best_val_acc")
         self.best_epoch = int(ck.get("best_epoch", 0))
         per_rank = ck.get("rng_per_rank") or []
         self.rng_to_restore = (per_rank[self.env.rank] if len(per_rank) == self.env.world_size
                                else ck.get("rng"))
         self.note(f"resuming {self.cfg.out} after epoch {int(ck['epoch'])} (best {self.best_acc:.2f}%)")
+
+    def _improved(self, test: dict[str, float], val: dict[str, float]) -> bool:
+        """Whether this epoch becomes the best one: chosen on validation accuracy when there is a
+        validation split (the test set must not drive any choice), else on test accuracy."""
+        if self.best_epoch == 0:
+            return True
+        if val:
+            return self.best_val_acc is None or val["val_acc"] > self.best_val_acc
+        return test["test_acc"] > self.best_acc
 
     # -- checkpoints
     def _state(self, epoch: int, test: dict[str, float], rngs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -491,8 +502,10 @@ class _Trainer:
             "rng_per_rank": rngs if len(rngs) > 1 else None,  # DDP: each rank resumes its own streams
             "epoch": epoch,
             "best_acc": self.best_acc,
+            "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             "test_acc": test["test_acc"],
+            "val_acc": test.get("val_acc"),
             "config": cfg.to_dict(),
         }
 
@@ -634,22 +647,35 @@ class _Trainer:
                 self.distiller.train()
             pop = getattr(observer, "pop_summary", None) if observer is not None else None
             extras = pop() if pop is not None else None
-            improved = test["test_acc"] > self.best_acc or self.best_epoch == 0
+            val: dict[str, float] = {}
+            if self.val_loader is not None:
+                val = {k.replace("test_", "val_"): v for k, v in
+                       evaluate(self.eval_model, self.val_loader, self.device, amp=self.amp, env=env).items()}
+                test = {**test, "val_acc": val["val_acc"]}
+            improved = self._improved(test, val)
             if improved:
                 self.best_acc, self.best_epoch = test["test_acc"], epoch
+                if val:
+                    self.best_val_acc = val["val_acc"]
             self._save(epoch, test, improved)
-            line = {"epoch": epoch, "lr": lr, **rec,
-                    "test_loss": test["test_loss"], "test_acc": test["test_acc"]}
+            line = {"epoch": epoch, "lr": lr, **rec}
+            if val:
+                line.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
+            line.update(test_loss=test["test_loss"], test_acc=test["test_acc"])
             if self.num_classes > 5:
                 line["test_top5"] = test["test_top5"]
+            if val:
+                line["best_val_acc"] = self.best_val_acc
             line.update(best_acc=self.best_acc, epoch_time_s=time.perf_counter() - t0)
             if extras:
                 line["extras"] = extras
             self.metrics.write(line)
             last_test = test
+            shown = (f"val {val['val_acc']:.2f}% (best {self.best_val_acc:.2f}%)  "
+                     f"test {test['test_acc']:.2f}%"
+                     if val else f"test {test['test_acc']:.2f}% (best {self.best_acc:.2f}%)")
             self.say(f"epoch {epoch:>3}/{cfg.epochs}  lr {lr:.4g}  loss {rec['train_loss']:.4f}  "
-                     f"train {rec['train_acc']:.2f}%  test {test['test_acc']:.2f}% "
-                     f"(best {self.best_acc:.2f}%)  "
+                     f"train {rec['train_acc']:.2f}%  {shown}  "
                      f"{rec['images_per_s']:.0f} img/s  {line['epoch_time_s']:.1f}s")
         divergence = D.param_divergence(self.student, env)
         if env.enabled and divergence > 0:
@@ -658,7 +684,10 @@ class _Trainer:
             "kind": cfg.kind, "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method_spec,
             "teacher": cfg.teacher, "teacher_model": self.teacher_meta.get("model"),
             "epochs": cfg.epochs, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+            "selected_by": "val_acc" if self.val_loader is not None else "test_acc",
+            "best_val_acc": self.best_val_acc, "val_split": cfg.val_split, "seed": cfg.seed,
             "final_acc": last_test.get("test_acc"), "final_top5": last_test.get("test_top5"),
+            "final_val_acc": last_test.get("val_acc"),
             "num_params": self.num_params, "world_size": env.world_size, "device": str(self.device),
             "amp": self.amp,
             "train_time_s": time.perf_counter() - t_start, "ddp_param_max_abs_diff": divergence,
@@ -669,8 +698,13 @@ class _Trainer:
                 summary = json.loads(run_json.read_text())
             else:
                 atomic_write_text(run_json, json.dumps(summary, indent=2) + "\n")
-            self.say(f"done: best test accuracy {self.best_acc:.2f}% (epoch {self.best_epoch}); "
-                     f"checkpoints in {cfg.out}")
+            if self.val_loader is not None:
+                self.say(f"done: best validation accuracy {self.best_val_acc:.2f}% at epoch "
+                         f"{self.best_epoch} "
+                         f"(test {self.best_acc:.2f}%, recorded only); checkpoints in {cfg.out}")
+            else:
+                self.say(f"done: best test accuracy {self.best_acc:.2f}% (epoch {self.best_epoch}); "
+                         f"checkpoints in {cfg.out}")
         return summary
 
     def close(self) -> None:

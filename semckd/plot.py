@@ -134,11 +134,13 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float
 
 
 def plot_curves(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> Path:
-    """Train loss and test accuracy against epoch, one line per run, labelled ``name (method)``."""
+    """Train loss and test (and validation, where the run has a split) accuracy against epoch, one line
+    per run, labelled ``name (method)``."""
     if not run_dirs:
         raise UserError("plot curves needs at least one run folder")
     fig = _figure(figsize=(11, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
+    has_val = False
     for d in run_dirs:
         rows = read_metrics(d)
         if not rows:
@@ -146,9 +148,14 @@ def plot_curves(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLi
         info = load_run(d)
         label = f"{info.name} ({info.method})"
         ax_loss.plot(*_series(rows, "train_loss"), marker=".", label=label)
-        ax_acc.plot(*_series(rows, "test_acc"), marker=".", label=label)
+        line = ax_acc.plot(*_series(rows, "test_acc"), marker=".", label=f"{label} test")[0]
+        val = _series(rows, "val_acc")
+        if val[0]:  # a validation split: val dashed, in the run's colour
+            ax_acc.plot(*val, marker="x", linestyle="--", color=line.get_color(), label=f"{label} val")
+            has_val = True
     ax_loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)",
+               title="validation (dashed) and test accuracy" if has_val else "test accuracy")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_acc):

@@ -167,3 +167,28 @@ def test_zoo_resnet8x4_from_resnet32x4_uses_the_authors_layers() -> None:
     assert d.semckd.student_channels == [64, 128, 256] and d.semckd.teacher_channels == [64, 128, 256]
     s, t = d.probe(x)
     assert [tuple(f.shape[1:]) for f in d.layers(s, t)[1]] == [(64, 32, 32), (128, 16, 16), (256, 8, 8)]
+
+
+def test_beta_warmup_ramps_the_feature_term_and_resumes() -> None:
+    plain, x = make(seed=3)
+    warm, _ = make(seed=3, beta_warmup=4)
+    assert opts_default_has_no_epoch_buffer(plain)
+    y = torch.randint(0, 5, (B,))
+    plain.eval()
+    warm.eval()  # BN in eval: both see identical features
+    ref = plain(x, y)[1]["semckd"]
+    for epoch, factor in ((1, 0.25), (3, 0.75), (4, 1.0), (9, 1.0)):
+        warm.on_epoch_start(epoch)
+        assert torch.allclose(warm(x, y)[1]["semckd"], factor * ref, rtol=1e-6)
+    warm.on_epoch_start(2)
+    again, _ = make(seed=3, beta_warmup=4)
+    again.load_extras_state_dict(warm.extras_state_dict())  # a resumed run continues the ramp
+    assert again.beta_factor().item() == pytest.approx(0.5)
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="beta_warmup"):
+            make(beta_warmup=bad)
+
+
+def opts_default_has_no_epoch_buffer(d) -> bool:
+    """Without the ramp the state is unchanged, so checkpoints written before the option still load."""
+    return "epoch" not in d.extras_state_dict() and d.beta_factor() == 1.0

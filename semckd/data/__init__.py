@@ -10,16 +10,19 @@ augmentation are a pure function of ``(seed, epoch)`` (exact resume, DDP-consist
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..errors import UserError
 from .loader import DeviceLoader, Normalizer, crop_flip, derive_seed, epoch_order
+from .split import stratified_holdout
 
-__all__ = ["DATASETS", "DeviceLoader", "ImageFolderLoader", "Normalizer", "build_data", "crop_flip",
-           "dataset_defaults", "derive_seed", "epoch_order", "load_arrays"]
+__all__ = ["DATASETS", "DataSplits", "DeviceLoader", "ImageFolderLoader", "Normalizer", "build_data",
+           "build_splits", "crop_flip", "dataset_defaults", "derive_seed", "epoch_order", "load_arrays",
+           "stratified_holdout"]
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 _ALIASES = {"fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist", "cifar_10": "cifar10",
@@ -78,22 +81,43 @@ def load_arrays(dataset: str, data_dir: str | None = None, *, download: bool = F
             classes)
 
 
-def build_data(dataset: str, data_dir: str | None, batch_size: int, *, device: torch.device | str = "cpu",
-               download: bool = False, limit_train: int | None = None, limit_test: int | None = None,
-               eval_batch_size: int | None = None, drop_last_train: bool = False, seed: int = 0,
-               rank: int = 0, world_size: int = 1, channels_last: bool = False, workers: int = 2,
-               augment: bool = True, pad: int | None = None, flip: bool | None = None,
-               image_size: int | None = None, resize: int | None = None,
+class DataSplits(NamedTuple):
+    """The loaders of one run: ``val`` is None without a validation split."""
+
+    train: DeviceLoader | Any
+    val: DeviceLoader | Any | None
+    test: DeviceLoader | Any
+    info: dict[str, Any]
+
+
+def build_data(dataset: str, data_dir: str | None, batch_size: int, **kw: Any
                ) -> tuple[DeviceLoader | Any, DeviceLoader | Any, dict[str, Any]]:
-    """Build ``(train_loader, test_loader, info)`` for the engine.
+    """``(train_loader, test_loader, info)``: :func:`build_splits` without its validation loader."""
+    s = build_splits(dataset, data_dir, batch_size, **kw)
+    return s.train, s.test, s.info
+
+
+def build_splits(dataset: str, data_dir: str | None, batch_size: int, *, device: torch.device | str = "cpu",
+                 download: bool = False, limit_train: int | None = None, limit_test: int | None = None,
+                 eval_batch_size: int | None = None, drop_last_train: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False, workers: int = 2,
+                 augment: bool = True, pad: int | None = None, flip: bool | None = None,
+                 image_size: int | None = None, resize: int | None = None, val_split: int = 0,
+                 val_seed: int = 0) -> DataSplits:
+    """Build the train / validation / test loaders for the engine.
+
+    ``val_split`` holds out that many training images (:func:`stratified_holdout`, drawn with
+    ``val_seed``, the same for every run seed) *before* ``limit_train`` keeps the first N of the rest,
+    so a limited budget still trains on N images. Validation batches are unaugmented and sharded like
+    test batches.
 
     ``batch_size`` is per process (global batch = batch_size × world_size). Training batches are
     shuffled and augmented (unless ``augment=False``) and sharded like ``DistributedSampler`` (equal
     batch counts on every rank). Test batches are in order, unaugmented, and sharded disjointly without
     padding (ranks may differ by one sample, so sum correct/total across ranks rather than averaging
-    per-rank accuracies). ``limit_train`` keeps the first N training samples (``index`` stays their
-    position; image folders keep N evenly spaced files, renumbered 0..N-1, since their listing is sorted
-    by class). ``pad``/``flip`` override the dataset's crop padding and flip defaults;
+    per-rank accuracies). ``limit_train`` keeps the first N training samples (``index`` is their position
+    among the training samples kept; image folders keep N evenly spaced files, renumbered 0..N-1, since
+    their listing is sorted by class). ``pad``/``flip`` override the dataset's crop padding and flip defaults;
     ``image_size``/``resize`` the image-folder crop (224) and eval resize (256). ``info``: name,
     num_classes, in_channels, image_size, num_train, num_test, mean, std, classes, pad, flip.
     """
@@ -103,6 +127,8 @@ def build_data(dataset: str, data_dir: str | None, batch_size: int, *, device: t
     eval_bs = eval_batch_size or batch_size
     if eval_bs < 1:
         raise UserError(f"eval batch size must be >= 1, got {eval_bs}")
+    if val_split < 0:
+        raise UserError(f"--val-split must be >= 0, got {val_split}")
     for label, lim in (("--limit-train", limit_train), ("limit_test", limit_test)):
         if lim is not None and lim < 1:
             raise UserError(f"{label} must be >= 1, got {lim}")
@@ -133,6 +159,15 @@ def build_data(dataset: str, data_dir: str | None, batch_size: int, *, device: t
             raise UserError(f"{root} has no val/ folder; expected {root}/val/<class>/<images> next to train/")
         test_ds = ImageFolderDataset(val_dir, classes=train_ds.classes, train=False, image_size=size,
                                      resize=rsz, seed=seed)
+        val = None
+        if val_split:
+            tr_idx, va_idx = stratified_holdout(train_ds.targets, val_split, val_seed)
+            val_ds = copy.copy(train_ds)  # the training images, transformed like test images
+            val_ds.train = False
+            _select(val_ds, va_idx.tolist())
+            _select(train_ds, tr_idx.tolist())
+            val = ImageFolderLoader(val_ds, batch_size=eval_bs, shuffle=False, drop_last=False,
+                                    workers=workers, even_shards=False, **common)
         if limit_train is not None:
             _limit(train_ds, limit_train)
         if limit_test is not None:
@@ -142,11 +177,17 @@ def build_data(dataset: str, data_dir: str | None, batch_size: int, *, device: t
         test = ImageFolderLoader(test_ds, batch_size=eval_bs, shuffle=False, drop_last=False, workers=workers,
                                  even_shards=False, **common)
         info = dict(name=name, num_classes=len(train_ds.classes), in_channels=3, image_size=size,
-                    num_train=len(train_ds), num_test=len(test_ds), mean=list(mean), std=list(std),
-                    classes=list(train_ds.classes), pad=0, flip=True)
-        return train, test, info
+                    num_train=len(train_ds), num_test=len(test_ds), num_val=val_split, mean=list(mean),
+                    std=list(std), classes=list(train_ds.classes), pad=0, flip=True)
+        return DataSplits(train, val, test, info)
 
     xtr, ytr, xte, yte, classes = load_arrays(name, data_dir, download=download)
+    val = None
+    if val_split:
+        tr_idx, va_idx = stratified_holdout(ytr, val_split, val_seed)
+        val = DeviceLoader(xtr[va_idx], ytr[va_idx], batch_size=eval_bs, shuffle=False, drop_last=False,
+                           augment=False, even_shards=False, **common)
+        xtr, ytr = xtr[tr_idx], ytr[tr_idx]
     if limit_train is not None:
         xtr, ytr = xtr[:limit_train], ytr[:limit_train]
     if limit_test is not None:
@@ -157,8 +198,13 @@ def build_data(dataset: str, data_dir: str | None, batch_size: int, *, device: t
                         even_shards=False, **common)
     info = dict(name=name, num_classes=defaults["num_classes"], in_channels=int(xtr.shape[1]),
                 image_size=int(xtr.shape[-1]), num_train=int(xtr.shape[0]), num_test=int(xte.shape[0]),
-                mean=list(mean), std=list(std), classes=classes, pad=pad_v, flip=flip_v)
-    return train, test, info
+                num_val=val_split, mean=list(mean), std=list(std), classes=classes, pad=pad_v, flip=flip_v)
+    return DataSplits(train, val, test, info)
+
+
+def _select(ds: Any, keep: list[int]) -> None:
+    ds.samples = [ds.samples[i] for i in keep]
+    ds.targets = [ds.targets[i] for i in keep]
 
 
 def _limit(ds: Any, n: int) -> None:

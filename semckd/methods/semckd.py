@@ -35,16 +35,22 @@ class SemCKDDistiller(Distiller):
     (see :class:`semckd.semckd.SemCKD`). ``mode="faithful"`` ties the attention MLPs to the training
     batch size (the engine then drops the last partial batch); ``mode="batch_free"`` accepts any batch
     size (not the paper's numbers). ``factor`` sets the embedding width ``batch_size // factor``.
+    ``beta_warmup=E`` (opt-in, 0 = the paper) ramps the feature term in linearly over the first ``E``
+    epochs, ``beta · min(epoch / E, 1)``, as DKD and ReviewKD do: early on the projectors are random and
+    a large ``beta`` can drown the CE term in a short budget. The epoch lives in a buffer (only when the
+    ramp is on), so a resumed run continues it.
     """
 
     name = "semckd"
     paper = "Chen et al. 2021, arXiv:2012.03236"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 400.0, mode: str = "faithful", factor: int = 4, ce_weight: float = 1.0,
-                 kd_weight: float = 1.0, temperature: float = 4.0, **kw: Any) -> None:
+                 beta: float = 400.0, mode: str = "faithful", factor: int = 4, beta_warmup: int = 0,
+                 ce_weight: float = 1.0, kd_weight: float = 1.0, temperature: float = 4.0, **kw: Any) -> None:
         if mode not in MODES:
             raise ValueError(f"semckd mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if int(beta_warmup) != beta_warmup or beta_warmup < 0:
+            raise ValueError(f"semckd beta_warmup must be a whole number of epochs >= 0, got {beta_warmup!r}")
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight,
                          temperature=temperature, **kw)
         assert teacher is not None and self.t_tap is not None
@@ -66,6 +72,19 @@ class SemCKDDistiller(Distiller):
                              factor=factor, mode=mode).to(ctx.example_input.device)
         self._att_sum: torch.Tensor | None = None
         self._att_n = 0
+        self.beta_warmup = int(beta_warmup)
+        if self.beta_warmup:
+            self.register_buffer("epoch", torch.ones((), dtype=torch.long, device=ctx.example_input.device))
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.beta_warmup:
+            self.epoch.fill_(int(epoch))
+
+    def beta_factor(self) -> torch.Tensor | float:
+        """``min(max(epoch, 1) / beta_warmup, 1)`` (1 without a ramp); a tensor, so no host sync."""
+        if not self.beta_warmup:
+            return 1.0
+        return (self.epoch.clamp(min=1).float() / self.beta_warmup).clamp(max=1.0)
 
     def layers(self, s: Outputs, t: Outputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The (student, teacher) maps SemCKD matches: stages after the stem, or every named layer."""
@@ -76,7 +95,7 @@ class SemCKDDistiller(Distiller):
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         assert t is not None
         loss, _ = self.semckd(*self.layers(s, t))
-        return {"semckd": self.beta * loss}
+        return {"semckd": self.beta * self.beta_factor() * loss}
 
     @property
     def fixed_batch_size(self) -> int | None:

@@ -1,0 +1,315 @@
+"""The equal-budget Fashion-MNIST protocol: every method's main distillation weight chosen on a validation
+split, then 3 seeds at the chosen value; one command per table.
+
+    python benchmarks/protocol.py --table short     # 3000 training images, 6 epochs, 10 methods
+    python benchmarks/protocol.py --table large     # 10000 training images, 12 epochs, 6 methods
+    python benchmarks/protocol.py --table warmup    # SemCKD at beta=400 with and without beta_warmup
+    python benchmarks/protocol.py --table short --report   # only print the table from what is recorded
+
+Protocol (the same for every method, so no method gets more tuning than another):
+
+* data: real Fashion-MNIST. A stratified validation split of 1000 images is held out of the 60000
+  training images (``--val-split 1000``, ``--val-seed 0``: the same images for every method and seed);
+  the budget's N training images are the first N of the rest. The test set (10000) is evaluated for the
+  record and never used to choose anything: not the epoch (best checkpoint by validation accuracy), not
+  the weight. The shipped teacher (ResNet-20, 92.42%) was trained on all 60000 training images, so it
+  has seen the validation images; that holds for every distilled method alike.
+* student ResNet-8 from the shipped teacher; SGD lr 0.05, momentum 0.9, wd 5e-4, batch 64, the paper's
+  milestones scaled to the budget; float32 (``--amp none``) so a table finished over several sittings
+  on CPUs of different kinds computes the same thing.
+* tuning: the method's main weight over the grid ``paper/16, paper/4, paper, 4·paper`` (short) or
+  ``paper/16, paper/4, paper`` (large), seed 0; selected by the best-epoch validation accuracy
+  (:func:`semckd.sweep.select_value`, the code behind ``semckd sweep``); then seeds 1 and 2 at the
+  selected value. Vanilla has no weight: seeds 0-2. Every other option stays at the library default,
+  except KD (the SemCKD code's 1·CE + 1·KD) and DKD's warm-up, scaled with the budget like the
+  milestones (20 of 240 epochs → ``max(1, round(epochs/12))``).
+* results: one JSON line per finished run appended to ``benchmarks/results/fmnist_<table>.jsonl``
+  (committed, with machine, CPU kind, precision, commit), so the table can be finished over several
+  sessions; a recorded cell is never rerun. Run folders (checkpoints) go under ``--out-dir`` (runs/,
+  ignored by git); a killed run resumes from its ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from semckd.config import resolve_config, scaled_milestones  # noqa: E402
+from semckd.sweep import cell_label, select_value, summarise  # noqa: E402
+
+TEACHER = ROOT / "semckd" / "weights" / "fashion_mnist_resnet20.pt"
+RESULTS = ROOT / "benchmarks" / "results"
+
+# method → (the option the grid varies, the paper's value, fixed options)
+METHODS: dict[str, tuple[str | None, float | None, dict[str, Any]]] = {
+    "vanilla": (None, None, {}),
+    "semckd": ("beta", 400.0, {}),
+    "kd": ("kd_weight", 1.0, {"ce_weight": 1.0}),
+    "fitnet": ("beta", 100.0, {}),
+    "crd": ("beta", 0.8, {}),
+    "dkd": ("beta", 8.0, {}),
+    "at": ("beta", 1000.0, {}),
+    "sp": ("beta", 3000.0, {}),
+    "vid": ("beta", 1.0, {}),
+    "semckd+crd": ("semckd.beta", 400.0, {}),
+}
+
+TABLES: dict[str, dict[str, Any]] = {
+    "short": {"limit_train": 3000, "epochs": 6, "factors": (1 / 16, 1 / 4, 1, 4),
+              "methods": ["vanilla", "semckd", "kd", "fitnet", "crd", "dkd", "at", "sp", "vid",
+                          "semckd+crd"]},
+    "large": {"limit_train": 10000, "epochs": 12, "factors": (1 / 16, 1 / 4, 1),
+              "methods": ["vanilla", "semckd", "kd", "fitnet", "crd", "dkd"]},
+    # beta_warmup study: beta fixed at the paper's 400, the ramp on or off, 3 seeds each
+    "warmup": {"limit_train": 3000, "epochs": 6, "methods": ["semckd"],
+               "grid": {"semckd": {"beta_warmup": [0, 2]}}, "fixed": {"semckd": {"beta": 400.0}}},
+}
+SEEDS = (0, 1, 2)
+VAL_SPLIT = 1000
+
+
+def grid_for(table: dict[str, Any], method: str) -> dict[str, list[Any]]:
+    if "grid" in table:
+        return table["grid"].get(method, {})
+    key, paper, _ = METHODS[method]
+    if key is None:
+        return {}
+    return {key: [float(f"{paper * f:.6g}") for f in table["factors"]]}
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    from semckd.precision import cpu_has_native_bf16
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cpu_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "commit": commit}
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+    return out
+
+
+def _append(path: Path, rec: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: int, out: Path):
+    epochs = table["epochs"]
+    args: dict[str, Any] = json.loads(json.dumps(METHODS[method][2]))
+    args.update(table.get("fixed", {}).get(method, {}))
+    if method == "dkd":
+        args["warmup"] = max(1, round(epochs / 12))
+    for k, v in values.items():
+        node = args
+        *head, last = k.split(".")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = v
+    flags = dict(dataset="fashion_mnist", model="resnet8", method=method, method_args=args,
+                 epochs=epochs, milestones=scaled_milestones(epochs), limit_train=table["limit_train"],
+                 val_split=VAL_SPLIT, val_seed=0, seed=seed, batch_size=64, lr=0.05, amp="none",
+                 device="cpu", out=str(out), quiet=True, tensorboard=False)
+    if method != "vanilla":
+        flags["teacher"] = str(TEACHER)
+    cfg, _ = resolve_config("distill", flags=flags)
+    return cfg
+
+
+def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, Any], seed: int,
+             out_dir: Path, results: Path, info: dict[str, Any]) -> dict[str, Any]:
+    from semckd.engine import train
+
+    label = cell_label(values) or "default"
+    run_dir = out_dir / name / method.replace("+", "-") / label / f"seed{seed}"
+    cfg = _config(table, method, values, seed, run_dir)
+    done = run_dir / "run.json"
+    if done.is_file() and json.loads(done.read_text()).get("epochs") == cfg.epochs:
+        run = json.loads(done.read_text())
+    else:
+        if (run_dir / "last.pt").is_file():
+            cfg = dataclasses.replace(cfg, resume=True)
+        elif run_dir.exists() and any(run_dir.iterdir()):
+            cfg = dataclasses.replace(cfg, force=True)
+        print(f"[{name}] {method} {label} seed {seed} → {run_dir}", flush=True)
+        t0 = time.time()
+        run = train(cfg)
+        print(f"[{name}] {method} {label} seed {seed}: val {run['best_val_acc']:.2f} "
+              f"test {run['best_acc']:.2f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    rec = {"table": name, "method": method, "values": values, "label": label, "seed": seed,
+           "best_val_acc": run.get("best_val_acc"), "best_acc": run.get("best_acc"),
+           "final_acc": run.get("final_acc"), "best_epoch": run.get("best_epoch"),
+           "train_time_s": run.get("train_time_s"), "method_args": cfg.method_args, "amp": run.get("amp"),
+           "epochs": cfg.epochs, "limit_train": cfg.limit_train, "val_split": cfg.val_split, **info}
+    _append(results, rec)
+    return rec
+
+
+def _has(recs: list[dict[str, Any]], method: str, values: dict[str, Any], seed: int) -> bool:
+    return any(r["method"] == method and r["values"] == values and r["seed"] == seed for r in recs)
+
+
+def selected_values(recs: list[dict[str, Any]], method: str, grid: dict[str, list[Any]]) -> dict | None:
+    """The grid point chosen on validation accuracy of the seed-0 tuning runs (None until all ran)."""
+    if not grid:
+        return {}
+    import itertools
+
+    points = [dict(zip(grid, c, strict=True)) for c in itertools.product(*grid.values())]
+    tuning = [r for r in recs if r["method"] == method and r["seed"] == 0]
+    summary = summarise(tuning, points)
+    if any(not s["seeds"] for s in summary):
+        return None
+    sel = select_value(summary)
+    return sel["values"] if sel else None
+
+
+def _ms(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "—"
+    return f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
+
+
+def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None = None) -> str:
+    table = table or TABLES[name]
+    rows, means = [], {}
+    for m in table["methods"]:
+        grid = grid_for(table, m)
+        if name == "warmup":
+            for v in grid.get("beta_warmup", []):
+                rs = [r for r in recs if r["method"] == m and r["values"] == {"beta_warmup": v}]
+                rows.append((f"semckd β=400, beta_warmup={v}", "—", "—", rs))
+            continue
+        sel = selected_values(recs, m, grid)
+        rs = [r for r in recs if r["method"] == m and sel is not None and r["values"] == sel]
+        tune = [r for r in recs if r["method"] == m and r["seed"] == 0]
+        tuned = (", ".join(f"{cell_label(r['values'])}: {r['best_val_acc']:.2f}" for r in tune)
+                 if grid else "—")
+        rows.append((m, tuned, cell_label(sel) if sel else ("—" if not grid else "(tuning)"), rs))
+        if len(rs) == len(SEEDS):
+            means[m] = statistics.fmean(r["best_acc"] for r in rs)
+    lines = ["| method | grid (seed-0 val acc) | selected | seeds | val acc | test acc | per-seed test | "
+             "ARI vs SemCKD (%) | time / run |", "|---|---|---|---:|---:|---:|---|---:|---:|"]
+    for m, tuned, sel, rs in rows:
+        ari = "—"
+        if m in means and "semckd" in means and "vanilla" in means and m not in ("semckd", "vanilla"):
+            d = means[m] - means["vanilla"]
+            ari = f"{(means['semckd'] - means[m]) / d * 100:.1f}" if d else "—"
+        t = [r["train_time_s"] for r in rs if r.get("train_time_s")]
+        per_seed = ", ".join(f"{r['best_acc']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
+        lines.append(f"| {m} | {tuned} | {sel} | {len(rs)}/{len(SEEDS)} | "
+                     f"{_ms([r['best_val_acc'] for r in rs])} | "
+                     f"{_ms([r['best_acc'] for r in rs])} | "
+                     f"{per_seed} | {ari} | {f'{statistics.fmean(t):.0f} s' if t else '—'} |")
+    kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("commit")) for r in recs})
+    lines += ["", "Machines (cpu, native bf16, precision, commit): "
+              + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {k}" for c, b, a, k in kinds)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--table", choices=sorted(TABLES), required=True)
+    p.add_argument("--out-dir", default=str(ROOT / "runs" / "protocol"),
+                   help="run folders (default runs/protocol)")
+    p.add_argument("--results", default=None,
+                   help="results JSONL (default benchmarks/results/fmnist_<table>.jsonl)")
+    p.add_argument("--methods", default=None, help="comma list: only these rows (default: the table's)")
+    p.add_argument("--report", action="store_true",
+                   help="print the table from recorded results; train nothing")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--limit-train", type=int, default=None, help="smoke runs only: override the budget's "
+                   "training images (needs --results elsewhere, so the real table is never mixed with it)")
+    p.add_argument("--epochs", type=int, default=None, help="smoke runs only: override the budget's epochs")
+    a = p.parse_args(argv)
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    name, table = a.table, dict(TABLES[a.table])
+    if a.limit_train or a.epochs:
+        if not a.results:
+            p.error("--limit-train/--epochs change the budget: pass --results to a file outside "
+                    "benchmarks/results")
+        table.update({k: v for k, v in (("limit_train", a.limit_train), ("epochs", a.epochs)) if v})
+    results = Path(a.results) if a.results else RESULTS / f"fmnist_{name}.jsonl"
+    md = results.with_suffix(".md")
+    methods = [m.strip() for m in a.methods.split(",")] if a.methods else table["methods"]
+    info = machine()
+    new = 0
+    if not a.report:
+        for m in methods:
+            grid = grid_for(table, m)
+            import itertools
+
+            points = [dict(zip(grid, c, strict=True)) for c in itertools.product(*grid.values())] or [{}]
+            plan = ([(v, s) for v in points for s in SEEDS] if name == "warmup" or not grid
+                    else [(v, 0) for v in points])
+            for values, seed in plan:
+                recs = read_results(results)
+                if _has(recs, m, values, seed):
+                    continue
+                if a.max_runs is not None and new >= a.max_runs:
+                    break
+                run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
+                new += 1
+                md.write_text(table_md(name, read_results(results), table))
+            if grid and name != "warmup":
+                sel = selected_values(read_results(results), m, grid)
+                for seed in SEEDS[1:]:
+                    if sel is None or _has(read_results(results), m, sel, seed):
+                        continue
+                    if a.max_runs is not None and new >= a.max_runs:
+                        break
+                    run_cell(name, table, m, sel, seed, Path(a.out_dir), results, info)
+                    new += 1
+                    md.write_text(table_md(name, read_results(results), table))
+    text = table_md(name, read_results(results), table)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

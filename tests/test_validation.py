@@ -1,0 +1,237 @@
+"""Validation split, selection on validation accuracy only, and ``semckd sweep``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from engine_helpers import TINY, make_fashion_mnist, register_probe_methods, register_tiny
+
+from semckd import engine
+from semckd.cli import main as cli_main
+from semckd.config import resolve_config
+from semckd.data import build_splits, stratified_holdout
+from semckd.errors import UserError
+from semckd.report import build_report
+from semckd.sweep import parse_grid, run_sweep, select_value, summarise
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    register_tiny()
+    register_probe_methods()
+    return str(make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=200, n_test=64))
+
+
+def _cfg(data_dir: str, out: Path, **kw):
+    flags = dict(dataset="fashion_mnist", data_dir=data_dir, model=TINY, epochs=1, batch_size=32,
+                 out=str(out), device="cpu", quiet=True, tensorboard=False, milestones=[],
+                 method="engine_probe", val_split=40)
+    flags.update(kw)
+    return resolve_config("distill", flags=flags)[0]
+
+
+# ---------------------------------------------------------------------- the split itself
+def test_holdout_is_stratified_disjoint_and_fixed_by_its_own_seed():
+    y = torch.arange(10).repeat_interleave(torch.tensor([50, 30, 20, 40, 60, 10, 25, 35, 15, 15]))
+    tr, va = stratified_holdout(y, 60, seed=0)
+    assert len(va) == 60 and len(tr) == len(y) - 60
+    assert set(tr.tolist()).isdisjoint(va.tolist())
+    assert sorted(tr.tolist() + va.tolist()) == list(range(len(y)))
+    counts = torch.bincount(y[va], minlength=10)
+    expected = torch.bincount(y, minlength=10).double() * 60 / len(y)
+    assert (counts.double() - expected).abs().max() < 1  # each class its share (largest remainder)
+    assert torch.equal(stratified_holdout(y, 60, seed=0)[1], va)
+    assert not torch.equal(stratified_holdout(y, 60, seed=1)[1], va)
+    assert torch.equal(tr, torch.sort(tr).values)  # the rest keeps its order (--limit-train = first N)
+    with pytest.raises(UserError, match="leaves no training images"):
+        stratified_holdout(y, len(y))
+    with pytest.raises(UserError, match="one image of each"):
+        stratified_holdout(y, 5)
+
+
+def test_build_splits_holds_out_before_limit_and_ignores_the_run_seed(data_dir):
+    a = build_splits("fashion_mnist", data_dir, 16, val_split=40, limit_train=100, seed=0)
+    b = build_splits("fashion_mnist", data_dir, 16, val_split=40, limit_train=100, seed=7)
+    assert a.info["num_train"] == 100 and a.info["num_val"] == 40 and a.val.num_samples == 40
+    va = torch.cat([x for x, _, _ in a.val])
+    assert torch.equal(va, torch.cat([x for x, _, _ in b.val]))  # same images for every training seed
+    train_imgs = {bytes(t.numpy()) for t in a.train.images}
+    assert not any(bytes(t.numpy()) in train_imgs for t in a.val.images)
+    none = build_splits("fashion_mnist", data_dir, 16)
+    assert none.val is None and none.info["num_train"] == 200
+
+
+def test_imagefolder_validation_split(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (10, 10), (40 * i, 0, 0)).save(d / f"{i}.png")
+    s = build_splits("imagefolder", str(tmp_path), 2, image_size=8, workers=0, val_split=4)
+    assert s.info["num_train"] == 8 and s.val.num_samples == 4
+    names = {Path(p).name + Path(p).parent.name for p, _ in s.val.dataset.samples}
+    assert names.isdisjoint({Path(p).name + Path(p).parent.name for p, _ in s.train.dataset.samples})
+    assert sorted(s.val.dataset.targets) == [0, 0, 1, 1] and not s.val.dataset.train
+
+
+# ---------------------------------------------------------------------- engine: val drives, test records
+def test_best_epoch_is_chosen_on_validation_accuracy_never_on_test(data_dir, tmp_path, monkeypatch):
+    """Scripted accuracies where validation and test disagree: best.pt must follow validation."""
+    real = engine.evaluate
+    val_by_epoch, test_by_epoch = [50.0, 70.0, 60.0], [90.0, 10.0, 95.0]
+    calls = {"val": 0, "test": 0}
+
+    def scripted(model, loader, device, **kw):
+        res = real(model, loader, device, **kw)
+        which = "val" if loader.num_samples == 40 else "test"
+        res["test_acc"] = (val_by_epoch if which == "val" else test_by_epoch)[calls[which]]
+        calls[which] += 1
+        return res
+
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    out = tmp_path / "r"
+    summary = engine.train(_cfg(data_dir, out, epochs=3))
+    assert summary["selected_by"] == "val_acc" and summary["best_epoch"] == 2
+    assert summary["best_val_acc"] == 70.0 and summary["best_acc"] == 10.0  # the test score of epoch 2
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_acc"] for r in rows] == val_by_epoch and [r["test_acc"] for r in rows] == test_by_epoch
+    assert [r["best_val_acc"] for r in rows] == [50.0, 70.0, 70.0]
+    # resume keeps the validation-chosen best
+    summary = engine.train(_cfg(data_dir, out, epochs=3, resume=True))
+    assert summary["best_epoch"] == 2
+
+
+def test_report_shows_validation_and_test_apart(data_dir, tmp_path):
+    engine.train(_cfg(data_dir, tmp_path / "runs" / "a"))
+    text = build_report([tmp_path / "runs"])
+    assert "best val acc" in text.splitlines()[0] and "recorded, never used" in text
+
+
+# ---------------------------------------------------------------------- sweep
+def test_parse_grid():
+    assert parse_grid(["beta=25,50", "mode=faithful"]) == {"beta": [25, 50], "mode": ["faithful"]}
+    assert parse_grid(["layers=[1,2],[3]"]) == {"layers": [[1, 2], [3]]}
+    for bad in (["beta"], ["beta="], ["beta=1,1"], []):
+        with pytest.raises(UserError):
+            parse_grid(bad)
+
+
+def test_selection_reads_validation_only():
+    """A value with the better test but worse validation accuracy must not be chosen."""
+    points = [{"beta": 1}, {"beta": 2}]
+    recs = [{"values": {"beta": 1}, "seed": s, "best_val_acc": 80.0 + s, "best_acc": 50.0} for s in (0, 1)]
+    recs += [{"values": {"beta": 2}, "seed": s, "best_val_acc": 70.0 + s, "best_acc": 99.0} for s in (0, 1)]
+    summary = summarise(recs, points)
+    assert select_value(summary)["values"] == {"beta": 1}
+    for r in recs:  # swapping the test numbers changes nothing
+        r["best_acc"] = 100.0 - r["best_acc"]
+    assert select_value(summarise(recs, points))["values"] == {"beta": 1}
+    ties = summarise([{"values": p, "seed": 0, "best_val_acc": 5.0, "best_acc": 0.0} for p in points], points)
+    assert select_value(ties)["values"] == {"beta": 1}  # first in grid order
+
+
+def test_sweep_end_to_end_resumes_and_restarts(data_dir, tmp_path):
+    base = _cfg(data_dir, tmp_path / "unused")
+    out = tmp_path / "sweep"
+    calls: list[tuple[str, bool, bool]] = []
+
+    def counting(cfg):
+        calls.append((Path(cfg.out).parent.name + "/" + Path(cfg.out).name, cfg.resume, cfg.force))
+        return engine.train(cfg)
+
+    res = run_sweep(base, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
+    assert len(calls) == 4 and all(not r and not f for _, r, f in calls)
+    assert {r["label"] for r in res.summary} == {"weight=0.1", "weight=1.0"}
+    assert res.selected is not None and res.selected["label"] in ("weight=0.1", "weight=1.0")
+    best = max(res.summary, key=lambda r: r["val_mean"])
+    assert res.selected["label"] == best["label"]
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["selected"]["label"] == res.selected["label"] and len(saved["records"]) == 4
+    assert "selected" in (out / "sweep.md").read_text()
+    # the same sweep again: nothing is retrained
+    calls.clear()
+    run_sweep(base, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
+    assert calls == []
+    # one more epoch: every cell resumes from its last.pt; a cell killed before its first checkpoint
+    # (a folder without last.pt) is started again
+    for f in (out / "weight=1.0" / "seed1").iterdir():
+        f.unlink()
+    (out / "weight=1.0" / "seed1" / "config.yaml").write_text("kind: distill\n")
+    base2 = _cfg(data_dir, tmp_path / "unused", epochs=2)
+    res = run_sweep(base2, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
+    assert sorted(calls) == sorted([("weight=0.1/seed0", True, False), ("weight=0.1/seed1", True, False),
+                                    ("weight=1.0/seed0", True, False), ("weight=1.0/seed1", False, True)])
+    assert all(len((Path(r["out"]) / "metrics.jsonl").read_text().splitlines()) == 2 for r in res.records)
+
+
+def test_sweep_refuses_without_validation_split_and_bad_options(data_dir, tmp_path):
+    with pytest.raises(UserError, match="--val-split"):
+        run_sweep(_cfg(data_dir, tmp_path / "x", val_split=0), {"weight": [1]}, [0], tmp_path / "s")
+    with pytest.raises(UserError, match="no option 'wieght'"):
+        run_sweep(_cfg(data_dir, tmp_path / "x"), {"wieght": [1]}, [0], tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_sweep_cli(data_dir, tmp_path, capsys):
+    rc = cli_main(["sweep", "--dataset", "fashion_mnist", "--data-dir", data_dir, "--model", TINY,
+                   "--method", "engine_probe", "--grid", "weight=0.1,1", "--seeds", "0", "--val-split", "40",
+                   "--epochs", "1", "--batch-size", "32", "--milestones", "--device", "cpu", "--quiet",
+                   "--no-tensorboard", "--out", str(tmp_path / "sw")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "by mean validation accuracy" in out and (tmp_path / "sw" / "sweep.md").is_file()
+    rc = cli_main(["sweep", "--dataset", "fashion_mnist", "--data-dir", data_dir, "--model", TINY,
+                   "--method", "engine_probe", "--grid", "weight=1", "--out", str(tmp_path / "sw2")])
+    assert rc == 2 and "--val-split" in capsys.readouterr().err
+
+
+def test_sweep_plot(data_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    res = run_sweep(_cfg(data_dir, tmp_path / "u"), {"weight": [0.1, 1.0]}, [0], tmp_path / "sw",
+                    log=lambda s: None)
+    assert res.selected and (tmp_path / "sw" / "sweep.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------- the benchmark protocol's logic
+def test_protocol_selects_on_validation_and_tables_three_seeds():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    grid = protocol.grid_for(protocol.TABLES["short"], "semckd")
+    assert grid == {"beta": [25.0, 100.0, 400.0, 1600.0]}  # the paper's value is in every grid
+    for m in protocol.TABLES["short"]["methods"]:
+        key, paper, _ = protocol.METHODS[m]
+        assert key is None or paper in protocol.grid_for(protocol.TABLES["short"], m)[key]
+        assert key is None or paper in protocol.grid_for(protocol.TABLES["large"], m)[key]
+    recs = [{"method": "semckd", "values": {"beta": b}, "seed": 0, "best_val_acc": v, "best_acc": t}
+            for b, v, t in ((25.0, 80.0, 70.0), (100.0, 85.0, 60.0), (400.0, 70.0, 99.0),
+                            (1600.0, 60.0, 99.0))]
+    assert protocol.selected_values(recs, "semckd", grid) == {"beta": 100.0}
+    assert protocol.selected_values(recs[:3], "semckd", grid) is None  # tuning not finished
+    recs += [{"method": "semckd", "values": {"beta": 100.0}, "seed": s, "best_val_acc": 84.0,
+              "best_acc": 61.0 + s, "train_time_s": 10.0} for s in (1, 2)]
+    recs += [{"method": "vanilla", "values": {}, "seed": s, "best_val_acc": 70.0, "best_acc": 55.0,
+              "train_time_s": 5.0} for s in (0, 1, 2)]
+    text = protocol.table_md("short", recs)
+    row = next(line for line in text.splitlines() if line.startswith("| semckd |"))
+    assert "beta=100.0" in row and "3/3" in row and "61.67 ± 1.53" in row  # seed 0 (60) is in the mean
+    assert "60.00, 62.00, 63.00" in row
+
+
+def test_protocol_smoke_refuses_to_mix_budgets(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocol.py"), "--table", "short",
+                        "--epochs", "1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--results" in r.stderr
