@@ -168,7 +168,15 @@ def test_hkd_layer_weights_and_pairs():
     so, to = d.probe(x)
     fs, ft = d._pairs(so.feats, to.feats)
     assert len(fs) == len(ft) == 3
-    assert fs[-1] is so.feats[-1] and ft[-1] is to.feats[-1]  # deepest stages are paired
+    # the authors' zip(f_t, f_s): the shallowest min(S, T) stages after the stem are paired
+    assert all(a is b for a, b in zip(fs, so.feats[1:4], strict=True))
+    assert all(a is b for a, b in zip(ft, to.feats[1:], strict=True))
+    deep = build_distiller("hkd", s, t, _ctx(x), {"pairing": "deepest"})
+    fd, td = deep._pairs(so.feats, to.feats)
+    assert fd[-1] is so.feats[-1] and fd[0] is so.feats[2] and td[0] is to.feats[1]
+    deep.remove_taps()
+    with pytest.raises(ValueError, match="pairing"):
+        build_distiller("hkd", s, t, _ctx(x), {"pairing": "middle"})
     assert d.layer_weights(3) == [100.0, 1.0, 1.0]  # the SemCKD code's weighting
     d.eval()
     _, losses = d(x, y, idx)
