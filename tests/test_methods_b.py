@@ -277,6 +277,31 @@ def test_reviewkd_warmup_levels_and_resume():
     assert d2.warmup_factor() == pytest.approx(7 / 20)
 
 
+def test_reviewkd_teacher_levels_are_pre_activation_like_the_authors():
+    # dvlab-research/ReviewKD train.py: teacher(images, is_feat=True, preact=True); student post-ReLU
+    for teacher_arch, n_levels in (("resnet8x4", 3), ("vgg8", 3)):  # vgg8: its deepest 3 of 4 are paired
+        s, t, x, y, idx = _pair("resnet8", teacher_arch)
+        d = build_distiller("reviewkd", s, t, _ctx(x))
+        d.eval()
+        so, to = d.probe(x)
+        _, lt = d._paired(so, to)
+        post = to.feats[len(to.feats) - n_levels:]
+        pre = lt[:-1]  # the last level is the pooled embedding
+        assert len(pre) == n_levels
+        for a, b in zip(pre, post, strict=True):
+            assert a.shape == b.shape and bool((a < 0).any())  # before the ReLU: negative values remain
+            assert torch.allclose(torch.relu(a), b)  # and the ReLU of it is the stage output
+        ls, _ = d._paired(so, to)
+        assert all(bool((f >= 0).all()) for f in ls[:-1])  # student levels stay post-activation
+        d.remove_taps()
+        off = build_distiller("reviewkd", s, t, _ctx(x), {"teacher_preact": False})
+        so, to = off.probe(x)
+        _, lt = off._paired(so, to)
+        assert all(a is b for a, b in zip(lt[:-1], to.feats[len(to.feats) - n_levels:], strict=True))
+        off.remove_taps()
+        assert not t._forward_hooks and all(not m._forward_hooks for m in t.modules())
+
+
 def _last_outputs(d):
     """Both networks' outputs as the taps saw them in the last forward pass."""
     s = Outputs(torch.empty(0), d.s_tap.features, d.s_tap.inputs[0].flatten(1))

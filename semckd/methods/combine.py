@@ -140,6 +140,11 @@ class Combined(Distiller):
         return self._fixed_batch_size
 
     # ------------------------------------------------------------------ forwarded hooks
+    def remove_taps(self) -> None:
+        super().remove_taps()
+        for part in self.parts.values():  # members may hold taps of their own (ReviewKD's preact tap)
+            part.remove_taps()
+
     def _on_epoch_start(self, epoch: int) -> None:
         for _, hook in self._epoch_hooks:
             hook(epoch)
