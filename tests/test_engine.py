@@ -301,3 +301,16 @@ def test_simkd_accuracy_is_measured_on_the_deployable_network(data_dir, tmp_path
         assert not torch.allclose(t.eval_model(x), t.student(x))
     res = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
     assert res["test_acc"] == pytest.approx(logged)
+
+
+def test_engine_gives_crd_the_training_labels_for_exact_negatives(data_dir, tmp_path):
+    tdir = tmp_path / "teacher"
+    run(cfg(data_dir, tdir, kind="teacher", limit_train=64))
+    t = run(cfg(data_dir, tmp_path / "crd", method="crd", teacher=str(tdir / "best.pt"), limit_train=64,
+                method_args={"nce_k": 8}))
+    mem = t.distiller.contrast
+    assert mem.mode == "exact" and mem._has_labels  # the authors' default, fed by the engine
+    labels = t.train_loader.targets
+    assert labels.shape[0] == mem.num_samples == 64
+    rows = mem.sample(torch.arange(64))
+    assert not bool((labels[rows[:, 1:]] == labels[:, None]).any())  # no negative shares its anchor's class

@@ -37,10 +37,41 @@ def _pair(student: str = "resnet8", teacher: str = "resnet14", seed: int = 0):
 
 
 def _ctx(x: torch.Tensor) -> BuildContext:
-    return BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=NSAMP)
+    labels = torch.arange(NSAMP) % NCLS  # the training labels (CRD's "exact" negatives need them)
+    return BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=NSAMP,
+                        train_targets=labels)
 
 
 # ---------------------------------------------------------------------------------------------- CRD
+def test_crd_exact_negatives_come_from_other_classes_only():
+    # RepDistiller/SemCKD CIFAR100InstanceSample(mode='exact'): negatives ~ uniform over other classes
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    mem = ContrastMemory(4, 10, nce_k=4000, nce_t=0.07, momentum=0.5, mode="exact", labels=labels)
+    index = torch.tensor([0, 4, 7, 9])
+    rows = mem.sample(index)
+    assert torch.equal(rows[:, 0], index)
+    for anchor, neg in zip(index.tolist(), rows[:, 1:], strict=True):
+        others = [i for i in range(10) if labels[i] != labels[anchor]]
+        assert set(neg.tolist()) == set(others)  # every other-class sample is drawn, no same-class one
+        freq = torch.bincount(neg, minlength=10)[others].float() / neg.numel()
+        assert torch.allclose(freq, torch.full_like(freq, 1 / len(others)), atol=0.03)  # uniformly
+    uniform = ContrastMemory(4, 10, nce_k=4000, nce_t=0.07, momentum=0.5, mode="uniform")
+    assert set(uniform.sample(index)[0, 1:].tolist()) == set(range(10))
+    assert "_order" not in mem.state_dict()  # rebuilt from the labels, not checkpointed
+    s, t, x, y, idx = _pair()
+    assert method_options("crd")["mode"] == "exact"  # the authors' --mode default
+    no_labels = build_distiller("crd", s, t, BuildContext(x, batch_size=B, num_classes=NCLS,
+                                                          num_samples=NSAMP))
+    with pytest.raises(ValueError, match="mode=uniform"):
+        no_labels(x, y, idx)
+    no_labels.remove_taps()
+    with pytest.raises(ValueError, match="mode"):
+        build_distiller("crd", s, t, _ctx(x), {"mode": "relax"})
+    with pytest.raises(ValueError, match="two classes"):
+        ContrastMemory(4, 3, 2, 0.07, 0.5, "exact", torch.zeros(3, dtype=torch.long))
+
+
 def test_nce_loss_matches_formula():
     scores = torch.tensor([[0.5, 0.1, 0.02, 0.3], [0.05, 0.4, 0.2, 0.01]])
     n, eps = 50, 1e-7
@@ -319,7 +350,8 @@ def _last_outputs(d):
 ])
 def test_trains_on_fixed_batch(method, opts, num_samples):
     s, t, x, y, idx = _pair("resnet8", "resnet14")
-    ctx = BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=num_samples)
+    ctx = BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=num_samples,
+                       train_targets=torch.arange(num_samples) % NCLS)
     d = build_distiller(method, s, t, ctx, opts)
     if hasattr(d, "on_epoch_start"):
         d.on_epoch_start(30)  # past ReviewKD's warm-up
