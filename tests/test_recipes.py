@@ -41,6 +41,8 @@ SCHEDULES: dict[tuple[str, str], tuple[int, int, float | None, list[int]]] = {
 }
 MDISTILLER_IMAGENET = (100, 512, 0.2, [30, 60, 90])  # configs/imagenet/r34_r18/{kd,dkd}.yaml
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny builds: threads only add contention
+
 
 def _ids(paths: list[Path], root: Path = ROOT) -> list[str]:
     return [p.relative_to(root / "configs").as_posix() for p in paths]
