@@ -153,8 +153,9 @@ def build_step(cfg: BenchConfig, device: torch.device):
     x = torch.randn(cfg.batch_size, cfg.in_channels, cfg.input_size, cfg.input_size, device=device)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), device=device)
     idx = torch.arange(cfg.batch_size, device=device)
+    n = max(cfg.batch_size, 50_000)
     ctx = BuildContext(example_input=x, batch_size=cfg.batch_size, num_classes=cfg.num_classes,
-                       num_samples=max(cfg.batch_size, 50_000))
+                       num_samples=n, train_targets=torch.arange(n, device=device) % cfg.num_classes)
     method = "semckd" if cfg.method == "reference" else cfg.method
     opts = dict(cfg.method_options)
     if cfg.student_layers is not None:

@@ -162,8 +162,14 @@ def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], what:
     model.load_state_dict(sd, strict=True)
 
 
+# the authors' model_dict names that differ from the zoo's registry names (lower-cased)
+_AUTHOR_ARCH_NAMES = {"shufflev1": "shufflenetv1", "shufflev2": "shufflenetv2", "mobilenetv2": "mobilenetv2"}
+
+
 def _guess_arch_from_path(path: Path, known: list[str]) -> str | None:
-    """The authors store teachers as ``<arch>_vanilla/ckpt_epoch_240.pth`` (``wrn_40_2_vanilla``...)."""
+    """The authors store teachers as ``<arch>_vanilla/ckpt_epoch_240.pth`` (``wrn_40_2_vanilla``,
+    ``ShuffleV2_vanilla``...) and students as ``S:<arch>_T:...``; their ``model_dict`` names
+    (``ShuffleV1``/``ShuffleV2``) map onto the zoo's (``shufflenetv1``/``shufflenetv2``)."""
     directory = path.resolve().parent.name
     m = re.match(r"S:(.+?)_T:", directory)
     candidates = [m.group(1)] if m else []
@@ -172,8 +178,9 @@ def _guess_arch_from_path(path: Path, known: list[str]) -> str | None:
         candidates.append("_".join(seg[:3]))
     candidates.append(seg[0])
     for c in candidates:
-        if c.lower() in known:
-            return c.lower()
+        name = _AUTHOR_ARCH_NAMES.get(c.lower(), c.lower())
+        if name in known:
+            return name
     return None
 
 

@@ -306,7 +306,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 # documentation-only keys a recipe file may carry (e.g. the paper's reported accuracy); not config
-INFO_KEYS = frozenset({"reported", "notes", "description"})
+INFO_KEYS = frozenset({"reported", "source", "notes", "description"})
+# ``source:`` in a recipe: where its settings come from (checked, so a recipe cannot cite half a source)
+SOURCE_KEYS = ("repo", "script", "flags")
+SOURCE_OPTIONAL = ("note",)
+
+
+def check_source(source: Any, where: str) -> dict[str, str]:
+    """Validate a recipe's ``source:`` mapping: ``repo`` (owner/name), ``script`` and ``flags`` (non-empty
+    strings), optional ``note``; anything else is a typo and rejected."""
+    if not isinstance(source, dict):
+        raise UserError(f"{where}: 'source' must be a mapping with keys {', '.join(SOURCE_KEYS)}, "
+                        f"got {type(source).__name__}")
+    for k in source:
+        if k not in SOURCE_KEYS + SOURCE_OPTIONAL:
+            raise _unknown_key(f"source.{k}", where, [f"source.{n}" for n in SOURCE_KEYS + SOURCE_OPTIONAL])
+    for k in SOURCE_KEYS:
+        v = source.get(k)
+        if not isinstance(v, str) or not v.strip():
+            raise UserError(f"{where}: 'source.{k}' must be a non-empty string (the cited {k}), got {v!r}")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", source["repo"]):
+        raise UserError(f"{where}: 'source.repo' must be a GitHub owner/name, got {source['repo']!r}")
+    return dict(source)
 
 
 def _apply(values: dict[str, Any], layer: dict[str, Any], source: str, from_string: bool,
@@ -388,6 +409,8 @@ def resolve_config(
             # ``reported:`` is recipe metadata (the accuracy the literature reports; configs/**), not a
             # run setting: accepted in a config file and ignored (added for the recipes; docs/methods_b.md)
             file_values.pop("reported", None)
+            if "source" in file_values:  # recipe provenance (configs/**): checked, then dropped
+                check_source(file_values.pop("source"), f"config file {config_file!r}")
             _apply(values, file_values, f"config file {config_file!r}", False, explicit)
         if flags:
             _apply(values, flags, "command line", True, explicit)
@@ -410,12 +433,45 @@ def resolve_config(
     if kind == "teacher" and "method" not in explicit:
         values["method"] = "vanilla"
     cfg = TrainConfig(kind=kind, **values)
+    check_method(cfg.method, cfg.method_args)
     if cfg.lr is None and cfg.model:
         cfg.lr = default_lr(cfg.model)
     if not cfg.out and cfg.model:
         cfg.out = str(Path("runs") / cfg.dataset / f"{cfg.model}_{cfg.method_spec.replace('+', '-')}")
     _validate(cfg)
     return cfg, explicit
+
+
+def check_method(spec: str, method_args: dict[str, Any]) -> None:
+    """Reject an unknown method name or option at load time (a misspelt recipe fails before training)."""
+    from .methods import list_methods, method_options  # local: methods pull in torch models
+
+    names = [n.strip() for n in spec.split("+")]
+    known = list_methods()
+    for n in names:
+        if n not in known:
+            close = difflib.get_close_matches(n, known, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(known)}"
+            raise UserError(f"unknown method {n!r} in --method {spec!r}; {hint}")
+
+    def check(name: str, opts: Any, where: str) -> None:
+        if not isinstance(opts, dict):
+            raise UserError(f"{where} must be a mapping of option: value, got {opts!r}")
+        valid = sorted(method_options(name))
+        for k in opts:
+            if k not in valid:
+                close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid options: {', '.join(valid)}"
+                raise UserError(f"method {name!r} has no option {k!r} ({where}); {hint}")
+
+    if len(names) == 1:
+        check(names[0], method_args, "method_args")
+        return
+    for k, sub in method_args.items():
+        if k not in names:
+            raise UserError(f"method_args of the combination {spec!r} are keyed by method name "
+                            f"({', '.join(names)}); got {k!r}")
+        check(k, sub, f"method_args.{k}")
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = RESUMABLE_KEYS) -> list[str]:

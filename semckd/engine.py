@@ -325,7 +325,7 @@ class _Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        from .data import build_splits
+        from .data import build_splits, train_targets
         from .methods import BuildContext, build_distiller
         from .models import create_model, list_models
 
@@ -384,7 +384,7 @@ class _Trainer:
         if teacher is not None:
             teacher.to(device, memory_format=mf)
         ctx = BuildContext(example_input=example, batch_size=self.batch, num_classes=self.num_classes,
-                           num_samples=num_train)
+                           num_samples=num_train, train_targets=train_targets(self.train_loader))
         distiller = build_distiller(spec, student, teacher, ctx, cfg.method_args)
         distiller.to(device, memory_format=mf)
         self.distiller = distiller

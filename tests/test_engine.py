@@ -22,6 +22,7 @@ from semckd.checkpoint import (
 )
 from semckd.config import TrainConfig, default_lr, resolve_config
 from semckd.engine import NonFiniteLossError, evaluate_checkpoint, lr_factor
+from semckd.models import create_model
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +204,19 @@ def test_teacher_checkpoint_formats(tmp_path):
             assert torch.equal(v, sd[k]), (label, k)
 
 
+def test_teacher_arch_from_the_authors_shufflenet_folders(tmp_path):
+    # the authors' model_dict names ShuffleV1/ShuffleV2; their run folders carry those names
+    for folder, arch in (("ShuffleV1_vanilla", "shufflenetv1"), ("ShuffleV2_vanilla", "shufflenetv2"),
+                         ("S:ShuffleV2_T:resnet32x4_cifar100_kd_r:1.0_a:1.0_b:0.0_1", "shufflenetv2")):
+        sd = create_model(arch, num_classes=10).state_dict()
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "ckpt_epoch_240.pth"
+        torch.save({"model": sd}, path)
+        t, meta = load_teacher(path, arch=None, num_classes=10, in_channels=3)
+        assert meta["model"] == arch, folder
+        assert all(torch.equal(v, sd[k]) for k, v in t.state_dict().items())
+
+
 def test_rng_state_roundtrip_is_weights_only(tmp_path):
     import random
 
@@ -287,3 +301,16 @@ def test_simkd_accuracy_is_measured_on_the_deployable_network(data_dir, tmp_path
         assert not torch.allclose(t.eval_model(x), t.student(x))
     res = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
     assert res["test_acc"] == pytest.approx(logged)
+
+
+def test_engine_gives_crd_the_training_labels_for_exact_negatives(data_dir, tmp_path):
+    tdir = tmp_path / "teacher"
+    run(cfg(data_dir, tdir, kind="teacher", limit_train=64))
+    t = run(cfg(data_dir, tmp_path / "crd", method="crd", teacher=str(tdir / "best.pt"), limit_train=64,
+                method_args={"nce_k": 8}))
+    mem = t.distiller.contrast
+    assert mem.mode == "exact" and mem._has_labels  # the authors' default, fed by the engine
+    labels = t.train_loader.targets
+    assert labels.shape[0] == mem.num_samples == 64
+    rows = mem.sample(torch.arange(64))
+    assert not bool((labels[rows[:, 1:]] == labels[:, None]).any())  # no negative shares its anchor's class

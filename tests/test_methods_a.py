@@ -274,15 +274,25 @@ def test_fitnet_regressor_shapes_and_loss() -> None:
     for s_h, t_h in [(4, 8), (4, 4), (8, 4)]:
         out = ConvReg(shape(4, s_h), shape(6, t_h))(torch.randn(shape(4, s_h)))
         assert out.shape == shape(6, t_h)
+    # the SemCKD code's fourth case: student smaller but not half size → same-size 3×3 conv, and the
+    # teacher map is average-pooled to the student's size
+    reg4 = ConvReg(shape(4, 3), shape(6, 8))
+    assert reg4.conv.kernel_size == (3, 3) and reg4.conv.stride == (1, 1) and reg4.conv.padding == (1, 1)
+    assert reg4(torch.randn(shape(4, 3))).shape == shape(6, 3)
+    t8 = torch.randn(shape(6, 8))
+    assert torch.equal(reg4.match_target(t8), F.adaptive_avg_pool2d(t8, (3, 3)))
+    assert ConvReg(shape(4, 8), shape(6, 4)).match_target(t8) is t8
     with pytest.raises(ValueError, match="hint_layer"):
-        ConvReg(shape(4, 3), shape(6, 8))
+        ConvReg(torch.Size([2, 4, 3, 9]), torch.Size([2, 6, 8, 4]))
 
     student, teacher, x, y, ctx = make_pair()
     d = build_distiller("fitnet", student, teacher, ctx)
-    assert (d.s_idx, d.t_idx, d.beta) == (2, 2, 100.0)  # RepDistiller's hint_layer=2 (stem = 0)
-    assert d.regressor.conv.in_channels == 8 and d.regressor.conv.out_channels == 16
+    assert (d.s_idx, d.t_idx, d.beta) == (1, 1, 100.0)  # SemCKD/SimKD's --hint_layer 1 (stem = 0)
+    d2 = build_distiller("fitnet", student, teacher, ctx, {"hint_layer": 2})  # RepDistiller's default
+    assert (d2.s_idx, d2.t_idx) == (2, 2)
+    assert d2.regressor.conv.in_channels == 8 and d2.regressor.conv.out_channels == 16
     # make the regressor the identity up to BN's eps: the loss is then 100·MSE(relu(f_s), f_t)
-    reg = build_distiller("fitnet", student, student, ctx)  # same widths on both sides
+    reg = build_distiller("fitnet", student, student, ctx, {"hint_layer": 2})  # same widths on both sides
     with torch.no_grad():
         reg.regressor.conv.weight.copy_(torch.eye(8).view(8, 8, 1, 1))
         reg.regressor.conv.bias.zero_()
@@ -443,7 +453,7 @@ def test_combined_at_kd_counts_ce_and_kd_once() -> None:
     assert _hook_count(student, "layer3") == 1 and _hook_count(teacher, "layer3") == 1
     logits, losses = d(x, y)
     assert set(losses) == {"ce", "kd", "at"}
-    # ce and kd come from the first member (AT: 1·CE + 1·KD), not from KD's 0.1/0.9
+    # ce and kd come from the first member (AT: 1·CE + 1·KD), not from KD's (set to 0.1/0.9 below)
     assert losses["ce"].item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
     assert losses["kd"].item() == pytest.approx(method_base.kd_loss(logits, teacher(x)).item(), rel=1e-5)
     at_alone = build_distiller("at", student, teacher, ctx)
@@ -451,7 +461,8 @@ def test_combined_at_kd_counts_ce_and_kd_once() -> None:
     assert losses["at"].item() == pytest.approx(alone["at"].item(), rel=1e-6)
     at_alone.remove_taps()
     d.remove_taps()
-    d = build_distiller("kd+at", student, teacher, ctx, {"at": {"beta": 10.0}})
+    d = build_distiller("kd+at", student, teacher, ctx, {"at": {"beta": 10.0},
+                                                         "kd": {"ce_weight": 0.1, "kd_weight": 0.9}})
     logits, losses = d(x, y)
     assert losses["ce"].item() == pytest.approx(0.1 * F.cross_entropy(logits, y).item(), rel=1e-6)
     assert losses["at"].item() == pytest.approx(alone["at"].item() / 100, rel=1e-5)

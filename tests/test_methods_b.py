@@ -37,10 +37,41 @@ def _pair(student: str = "resnet8", teacher: str = "resnet14", seed: int = 0):
 
 
 def _ctx(x: torch.Tensor) -> BuildContext:
-    return BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=NSAMP)
+    labels = torch.arange(NSAMP) % NCLS  # the training labels (CRD's "exact" negatives need them)
+    return BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=NSAMP,
+                        train_targets=labels)
 
 
 # ---------------------------------------------------------------------------------------------- CRD
+def test_crd_exact_negatives_come_from_other_classes_only():
+    # RepDistiller/SemCKD CIFAR100InstanceSample(mode='exact'): negatives ~ uniform over other classes
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    mem = ContrastMemory(4, 10, nce_k=4000, nce_t=0.07, momentum=0.5, mode="exact", labels=labels)
+    index = torch.tensor([0, 4, 7, 9])
+    rows = mem.sample(index)
+    assert torch.equal(rows[:, 0], index)
+    for anchor, neg in zip(index.tolist(), rows[:, 1:], strict=True):
+        others = [i for i in range(10) if labels[i] != labels[anchor]]
+        assert set(neg.tolist()) == set(others)  # every other-class sample is drawn, no same-class one
+        freq = torch.bincount(neg, minlength=10)[others].float() / neg.numel()
+        assert torch.allclose(freq, torch.full_like(freq, 1 / len(others)), atol=0.03)  # uniformly
+    uniform = ContrastMemory(4, 10, nce_k=4000, nce_t=0.07, momentum=0.5, mode="uniform")
+    assert set(uniform.sample(index)[0, 1:].tolist()) == set(range(10))
+    assert "_order" not in mem.state_dict()  # rebuilt from the labels, not checkpointed
+    s, t, x, y, idx = _pair()
+    assert method_options("crd")["mode"] == "exact"  # the authors' --mode default
+    no_labels = build_distiller("crd", s, t, BuildContext(x, batch_size=B, num_classes=NCLS,
+                                                          num_samples=NSAMP))
+    with pytest.raises(ValueError, match="mode=uniform"):
+        no_labels(x, y, idx)
+    no_labels.remove_taps()
+    with pytest.raises(ValueError, match="mode"):
+        build_distiller("crd", s, t, _ctx(x), {"mode": "relax"})
+    with pytest.raises(ValueError, match="two classes"):
+        ContrastMemory(4, 3, 2, 0.07, 0.5, "exact", torch.zeros(3, dtype=torch.long))
+
+
 def test_nce_loss_matches_formula():
     scores = torch.tensor([[0.5, 0.1, 0.02, 0.3], [0.05, 0.4, 0.2, 0.01]])
     n, eps = 50, 1e-7
@@ -168,7 +199,15 @@ def test_hkd_layer_weights_and_pairs():
     so, to = d.probe(x)
     fs, ft = d._pairs(so.feats, to.feats)
     assert len(fs) == len(ft) == 3
-    assert fs[-1] is so.feats[-1] and ft[-1] is to.feats[-1]  # deepest stages are paired
+    # the authors' zip(f_t, f_s): the shallowest min(S, T) stages after the stem are paired
+    assert all(a is b for a, b in zip(fs, so.feats[1:4], strict=True))
+    assert all(a is b for a, b in zip(ft, to.feats[1:], strict=True))
+    deep = build_distiller("hkd", s, t, _ctx(x), {"pairing": "deepest"})
+    fd, td = deep._pairs(so.feats, to.feats)
+    assert fd[-1] is so.feats[-1] and fd[0] is so.feats[2] and td[0] is to.feats[1]
+    deep.remove_taps()
+    with pytest.raises(ValueError, match="pairing"):
+        build_distiller("hkd", s, t, _ctx(x), {"pairing": "middle"})
     assert d.layer_weights(3) == [100.0, 1.0, 1.0]  # the SemCKD code's weighting
     d.eval()
     _, losses = d(x, y, idx)
@@ -269,6 +308,31 @@ def test_reviewkd_warmup_levels_and_resume():
     assert d2.warmup_factor() == pytest.approx(7 / 20)
 
 
+def test_reviewkd_teacher_levels_are_pre_activation_like_the_authors():
+    # dvlab-research/ReviewKD train.py: teacher(images, is_feat=True, preact=True); student post-ReLU
+    for teacher_arch, n_levels in (("resnet8x4", 3), ("vgg8", 3)):  # vgg8: its deepest 3 of 4 are paired
+        s, t, x, y, idx = _pair("resnet8", teacher_arch)
+        d = build_distiller("reviewkd", s, t, _ctx(x))
+        d.eval()
+        so, to = d.probe(x)
+        _, lt = d._paired(so, to)
+        post = to.feats[len(to.feats) - n_levels:]
+        pre = lt[:-1]  # the last level is the pooled embedding
+        assert len(pre) == n_levels
+        for a, b in zip(pre, post, strict=True):
+            assert a.shape == b.shape and bool((a < 0).any())  # before the ReLU: negative values remain
+            assert torch.allclose(torch.relu(a), b)  # and the ReLU of it is the stage output
+        ls, _ = d._paired(so, to)
+        assert all(bool((f >= 0).all()) for f in ls[:-1])  # student levels stay post-activation
+        d.remove_taps()
+        off = build_distiller("reviewkd", s, t, _ctx(x), {"teacher_preact": False})
+        so, to = off.probe(x)
+        _, lt = off._paired(so, to)
+        assert all(a is b for a, b in zip(lt[:-1], to.feats[len(to.feats) - n_levels:], strict=True))
+        off.remove_taps()
+        assert not t._forward_hooks and all(not m._forward_hooks for m in t.modules())
+
+
 def _last_outputs(d):
     """Both networks' outputs as the taps saw them in the last forward pass."""
     s = Outputs(torch.empty(0), d.s_tap.features, d.s_tap.inputs[0].flatten(1))
@@ -286,7 +350,8 @@ def _last_outputs(d):
 ])
 def test_trains_on_fixed_batch(method, opts, num_samples):
     s, t, x, y, idx = _pair("resnet8", "resnet14")
-    ctx = BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=num_samples)
+    ctx = BuildContext(example_input=x, batch_size=B, num_classes=NCLS, num_samples=num_samples,
+                       train_targets=torch.arange(num_samples) % NCLS)
     d = build_distiller(method, s, t, ctx, opts)
     if hasattr(d, "on_epoch_start"):
         d.on_epoch_start(30)  # past ReviewKD's warm-up

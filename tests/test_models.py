@@ -251,3 +251,21 @@ def test_imagenet_resnet_stages(name: str) -> None:
     assert [f.shape[-1] for f in feats] == [16, 16, 8, 4, 2]
     width = 4 if name == "resnet50" else 1
     assert [f.shape[1] for f in feats] == [64, 64 * width, 128 * width, 256 * width, 512 * width]
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet8x4", "vgg8", "wrn_16_2", "resnet18"])
+def test_preact_stages_are_the_authors_pre_relu_maps(name: str) -> None:
+    """``preact_stage_names`` (ReviewKD's teacher levels): same shapes as the stages, taken before a ReLU."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10).eval()
+    assert len(model.preact_stage_names) == len(model.stage_names)
+    assert model.preact_stage_names[0] == model.stage_names[0]  # the stem is post-activation in both
+    post_tap, pre_tap = FeatureTap(model), FeatureTap(model, model.preact_stage_names)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    for post, pre in zip(post_tap.features[1:], pre_tap.features[1:], strict=True):
+        assert pre.shape == post.shape and bool((pre < 0).any())
+        if not name.startswith("wrn"):  # WRN: the group output through the next BN, not relu⁻¹ of a stage
+            assert torch.allclose(torch.relu(pre), post)
+    post_tap.remove()
+    pre_tap.remove()

@@ -22,7 +22,7 @@ from .split import stratified_holdout
 
 __all__ = ["DATASETS", "DataSplits", "DeviceLoader", "ImageFolderLoader", "Normalizer", "build_data",
            "build_splits", "crop_flip", "dataset_defaults", "derive_seed", "epoch_order", "load_arrays",
-           "stratified_holdout"]
+           "stratified_holdout", "train_targets"]
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 _ALIASES = {"fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist", "cifar_10": "cifar10",
@@ -214,3 +214,16 @@ def _limit(ds: Any, n: int) -> None:
     keep = [i * len(ds.samples) // n for i in range(n)]
     ds.samples = [ds.samples[i] for i in keep]
     ds.targets = [ds.targets[i] for i in keep]
+
+
+def train_targets(loader: Any) -> torch.Tensor | None:
+    """The labels of every training sample, by sample index, or None when the loader does not hold them.
+
+    CRD's "exact" negatives (drawn from other classes) need them before the first batch is seen.
+    """
+    targets = getattr(loader, "targets", None)
+    if targets is None:
+        targets = getattr(getattr(loader, "dataset", None), "targets", None)
+    if targets is None:
+        return None
+    return torch.as_tensor(targets, dtype=torch.int64)

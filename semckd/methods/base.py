@@ -40,6 +40,8 @@ class BuildContext:
     batch_size: int  # the per-process training batch size
     num_classes: int
     num_samples: int  # training-set size (memory banks index into it)
+    # the training labels by sample index, when the data pipeline knows them (CRD's "exact" negatives)
+    train_targets: torch.Tensor | None = None
 
 
 @dataclass

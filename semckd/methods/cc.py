@@ -49,11 +49,13 @@ class CC(Distiller):
     """Peng et al., "Correlation Congruence for Knowledge Distillation" (ICCV 2019).
 
     Both pooled embeddings go through their own trainable linear ``Embed`` to ``feat_dim=128`` (as in the
-    RepDistiller/SemCKD code, which trains the teacher-side embed too); the correlation is the paper's
-    2nd-order Taylor-approximated Gaussian kernel with γ=0.4; weighted by beta=0.02 on top of
-    1·CE + 1·KD (SemCKD's ``-r 1 -a 1 -b 0.02``; note their code's ``Correlation`` is a different,
-    kernel-free formula, so 0.02 was tuned for that one; ``variant="repdistiller"`` reproduces it —
-    see docs/methods_a.md).
+    RepDistiller/SemCKD code, which trains the teacher-side embed too), weighted by beta=0.02 on top of
+    1·CE + 1·KD (SemCKD's ``--distill correlation -r 1 -a 1 -b 0.02``). The default
+    ``variant="repdistiller"`` is the loss the SemCKD paper's CC row was trained with: the code's
+    ``Correlation`` (``distiller_zoo/CC.py``), a kernel-free product of neighbouring samples' embedding
+    errors, for which 0.02 was tuned. ``variant="gaussian"`` is the paper's formula instead (order-P
+    Taylor-approximated Gaussian kernel, γ=0.4); it is ~1e-5 at that weight, so raise ``beta`` with it
+    (see docs/methods_a.md).
     """
 
     name = "cc"
@@ -61,7 +63,7 @@ class CC(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  beta: float = 0.02, feat_dim: int = 128, gamma: float = 0.4, order: int = 2,
-                 variant: str = "gaussian", ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
+                 variant: str = "repdistiller", ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"cc variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}")
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)

@@ -6,7 +6,7 @@ teacher run once per step. The combination then adds:
 
 * ``ce`` and ``kd`` once: ``ce`` with the weight of the first member (in the order given) whose CE weight
   is non-zero, ``kd`` with the weight, temperature and ``logit_std`` of the first member whose KD weight
-  is non-zero (so ``at+kd`` trains with AT's 1·CE + 1·KD, and ``kd+at`` with KD's 0.1·CE + 0.9·KD);
+  is non-zero (so ``at+kd`` trains with AT's weights and ``kd+at`` with KD's, e.g. ``kd.ce_weight=0.1``);
 * every member's own :meth:`~Distiller.distill_losses` terms; a key produced by two members (or named
   ``ce``/``kd``) is prefixed with the member's method name (``at_at``, ``crd_at``, ...).
 
@@ -140,6 +140,11 @@ class Combined(Distiller):
         return self._fixed_batch_size
 
     # ------------------------------------------------------------------ forwarded hooks
+    def remove_taps(self) -> None:
+        super().remove_taps()
+        for part in self.parts.values():  # members may hold taps of their own (ReviewKD's preact tap)
+            part.remove_taps()
+
     def _on_epoch_start(self, epoch: int) -> None:
         for _, hook in self._epoch_hooks:
             hook(epoch)

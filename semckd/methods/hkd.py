@@ -11,7 +11,7 @@ What the SemCKD code base (DefangChen/SemCKD ``distiller_zoo/HKD.py`` and ``help
 and this module reproduces:
 
 * layers: the student's and teacher's stage outputs after the stem (the authors' ``feat[1:-1]``, here
-  ``Outputs.feats[1:]``), paired in order;
+  ``Outputs.feats[1:]``), paired in order from the shallowest (``zip`` stops at the shorter list);
 * loss: ``init_weight·L_0 + Σ_{i≥1} L_i`` (the shallowest pair ×100; the ``decay`` argument of the
   authors' class is computed but never applied), weighted by ``-b 1`` next to CE 1 and KD 1;
 * the "teacher" of that run is an *auxiliary* network — a double-width copy of the student
@@ -36,7 +36,9 @@ from torch import nn
 
 from .base import BuildContext, Distiller, Outputs, register_method
 
-__all__ = ["HKD", "information_flow_loss"]
+__all__ = ["HKD", "PAIRINGS", "information_flow_loss"]
+
+PAIRINGS = ("first", "deepest")
 
 
 def _cosine_probs(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -73,9 +75,10 @@ class HKD(Distiller):
     """Information-flow matching over paired stage features (Passalis et al., CVPR 2020).
 
     Defaults: SemCKD's run ``-r 1 -a 1 -b 1 --hkd_initial_weight 100 --hkd_decay 0.7``. When student and
-    teacher have different numbers of stages, the deepest ``min(S, T)`` stages are paired (the authors
-    only ever paired a network with its double-width copy, so the counts matched); pass
-    ``student_layers`` / ``teacher_layers`` to choose the pairs yourself (then all tapped layers are used).
+    teacher have different numbers of stages, ``pairing="first"`` (default) pairs the shallowest
+    ``min(S, T)`` stages, as the authors' ``zip(f_t, f_s)`` does; ``pairing="deepest"`` pairs the deepest
+    ones instead (so the final stage maps always meet). Pass ``student_layers`` / ``teacher_layers`` to
+    choose the pairs yourself (then all tapped layers are used).
     """
 
     name = "hkd"
@@ -84,7 +87,11 @@ class HKD(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  ce_weight: float = 1.0, kd_weight: float = 1.0, beta: float = 1.0,
-                 init_weight: float = 100.0, decay: float = 0.7, critical_period: bool = False, **kw) -> None:
+                 init_weight: float = 100.0, decay: float = 0.7, critical_period: bool = False,
+                 pairing: str = "first", **kw) -> None:
+        if pairing not in PAIRINGS:
+            raise ValueError(f"hkd pairing {pairing!r} is unknown; use one of {', '.join(PAIRINGS)}")
+        self.pairing = pairing
         self._explicit_layers = kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
@@ -107,6 +114,8 @@ class HKD(Distiller):
         if not self._explicit_layers:
             fs, ft = fs[1:], ft[1:]  # drop the stem: the authors' feat[1:-1]
         n = min(len(fs), len(ft))
+        if self.pairing == "first":  # the authors' zip(f_t, f_s)
+            return fs[:n], ft[:n]
         return fs[len(fs) - n:], ft[len(ft) - n:]
 
     def layer_weights(self, n: int) -> list[float]:

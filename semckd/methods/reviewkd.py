@@ -13,10 +13,14 @@ Defaults: CE 1, ReviewKD weight 1.0 ramped linearly over the first 20 epochs
 (``min(1, epoch / 20)``, as ``--kd-warm-up 20``), no KD term. The authors' CIFAR scripts raise the
 weight per pair (5.0 for resnet32x4→resnet8x4, 8.0 for →ShuffleNetV2); the recipes set those.
 
-Deliberate differences, documented in ``docs/methods_b.md``: teacher (and student) stage features are the
-zoo's post-activation stage outputs, whereas the authors tap the teacher before its last ReLU
-(``preact=True``); when the two networks have different numbers of levels the deepest ``min(S, T)`` are
-paired (the authors hand-pick per architecture pair).
+Teacher levels are pre-activation, as in the authors' ``teacher(images, is_feat=True, preact=True)``
+(``teacher_preact=True``): the zoo models declare ``preact_stage_names`` (CIFAR ResNets and ImageNet
+ResNets: each stage's residual sum before its last ReLU; VGG: each block before its ReLU; WRN: each group
+through the next BN), tapped by a second hook on the teacher. A teacher that declares none (MobileNetV2,
+ShuffleNets, models outside the zoo) and ``teacher_preact=False`` use the post-activation stage outputs;
+student levels are always post-activation (the authors' ``STU_PREACT = False``). Deliberate difference,
+documented in ``docs/methods_b.md``: when the two networks have different numbers of levels the deepest
+``min(S, T)`` are paired (the authors hand-pick per architecture pair).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..features import FeatureTap, unwrap
 from .base import BuildContext, Distiller, Outputs, register_method
 
 __all__ = ["ABF", "ReviewKD", "hcl_loss"]
@@ -88,9 +93,16 @@ class ReviewKD(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  ce_weight: float = 1.0, kd_weight: float = 0.0, beta: float = 1.0,
-                 warmup_epochs: float = 20.0, max_mid_channels: int = 512, **kw) -> None:
+                 warmup_epochs: float = 20.0, max_mid_channels: int = 512, teacher_preact: bool = True,
+                 **kw) -> None:
         self._explicit_layers = kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
+        self.teacher_preact = teacher_preact
+        preact_names = getattr(unwrap(teacher), "preact_stage_names", None) if teacher is not None else None
+        # a second tap on the teacher (not the shared one), so this also holds inside a combination
+        self._t_preact_tap: FeatureTap | None = None
+        if teacher_preact and preact_names and not self._explicit_layers:
+            self._t_preact_tap = FeatureTap(teacher, list(preact_names), detach=True)
         if warmup_epochs < 0 or max_mid_channels < 1:
             raise ValueError("reviewkd options out of range: need warmup_epochs >= 0 and "
                              "max_mid_channels >= 1")
@@ -116,8 +128,14 @@ class ReviewKD(Distiller):
         feats = o.feats if self._explicit_layers else o.feats[1:]
         return list(feats) + [o.embedding[:, :, None, None]]
 
+    def teacher_outputs(self, t: Outputs) -> Outputs:
+        """``t`` with its stage maps replaced by the pre-activation ones when those are tapped."""
+        if self._t_preact_tap is None:
+            return t
+        return Outputs(t.logits, self._t_preact_tap.features, t.embedding)
+
     def _paired(self, s: Outputs, t: Outputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        ls, lt = self.levels(s), self.levels(t)
+        ls, lt = self.levels(s), self.levels(self.teacher_outputs(t))
         n = min(len(ls), len(lt))
         return ls[len(ls) - n:], lt[len(lt) - n:]
 
@@ -130,6 +148,11 @@ class ReviewKD(Distiller):
             y, residual = abf(x, residual, tuple(target.shape[-2:]))
             out.insert(0, y)
         return out, lt
+
+    def remove_taps(self) -> None:
+        super().remove_taps()
+        if self._t_preact_tap is not None:
+            self._t_preact_tap.remove()
 
     def warmup_factor(self) -> float:
         if self.warmup_epochs <= 0:

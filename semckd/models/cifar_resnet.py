@@ -33,13 +33,16 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        # parameter-free marker: its output is the residual sum before the final ReLU (the authors'
+        # ``preact`` feature, tapped by ReviewKD); it leaves the state_dict unchanged
+        self.preact = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
         # not in-place on the input: a feature tap may hold ``x`` (the previous stage's output)
-        return F.relu(out + shortcut)
+        return F.relu(self.preact(out + shortcut))
 
 
 class CifarResNet(nn.Module):
@@ -48,8 +51,8 @@ class CifarResNet(nn.Module):
     ``depth = 6n + 2``; ``widths = [stem, stage1, stage2, stage3]`` channels.
 
     Stages follow the authors' ``is_feat`` list ``[f0, f1, f2, f3]``: the stem's ReLU output and the
-    three stage outputs (post-ReLU; the authors' ``preact=True`` variant instead takes each stage's last
-    block before its final ReLU, which is not a module output and is not offered here).
+    three stage outputs (post-ReLU). ``preact_stage_names`` are the authors' ``preact=True`` list: the
+    stem, then each stage's last block before its final ReLU (its ``preact`` marker module).
     """
 
     def __init__(self, depth: int, widths: list[int], num_classes: int = 100, in_channels: int = 3) -> None:
@@ -67,6 +70,7 @@ class CifarResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
         self.stage_names: list[str] = ["relu", "layer1", "layer2", "layer3"]
+        self.preact_stage_names: list[str] = ["relu"] + [f"layer{i}.{n - 1}.preact" for i in (1, 2, 3)]
         self.head_name: str = "fc"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -34,12 +34,13 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        self.preact = nn.Identity()  # marks the sum before the final ReLU (the authors' ``preact``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        return F.relu(self.preact(out + identity))
 
 
 class Bottleneck(nn.Module):
@@ -54,13 +55,14 @@ class Bottleneck(nn.Module):
         self.conv3 = _conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.downsample = downsample
+        self.preact = nn.Identity()  # marks the sum before the final ReLU (the authors' ``preact``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
+        return F.relu(self.preact(out + identity))
 
 
 class ImageNetResNet(nn.Module):
@@ -85,6 +87,9 @@ class ImageNetResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self.stage_names: list[str] = ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+        # the authors' preact list: the stem, then each stage's last block before its final ReLU
+        self.preact_stage_names: list[str] = ["maxpool"] + [
+            f"layer{i}.{n - 1}.preact" for i, n in zip((1, 2, 3, 4), layers, strict=True)]
         self.head_name: str = "fc"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

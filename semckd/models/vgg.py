@@ -63,6 +63,8 @@ class VGG(nn.Module):
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[-1][-1], num_classes)
         self.stage_names: list[str] = [f"act{i}" for i in range(5)]
+        # the authors' preact list (mdistiller ``preact_feats``): f0 post-ReLU, then the block outputs
+        self.preact_stage_names: list[str] = ["act0"] + [f"block{i}" for i in range(1, 5)]
         self.head_name: str = "classifier"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -84,6 +84,9 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(ch[3], num_classes)
         self.stage_names: list[str] = ["conv1", "block1", "block2", "block3"]
+        # the authors' preact list (ReviewKD ``wide_resnet_cifar.py``): each group output through the next
+        # BN (the next group's first ``bn1``, the final ``bn1``), i.e. normalised but before the ReLU
+        self.preact_stage_names: list[str] = ["conv1", "block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]
         self.head_name: str = "fc"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
