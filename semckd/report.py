@@ -23,17 +23,16 @@ A run folder is read leniently: ``run.json`` when present, else ``config.yaml`` 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import statistics
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_path, write_text_atomic  # noqa: F401  (re-exported)
 from .errors import UserError
 
 __all__ = ["Group", "RunInfo", "ari_table", "atomic_path", "build_report", "find_runs", "group_runs",
@@ -396,28 +395,3 @@ def build_report(run_dirs: Iterable[str | os.PathLike], metric: str = "best", ar
         lines += ["", f"| method | ARI vs {ari_ref} (%) | pairs |", "|---|---:|---:|"]
         lines += [f"| {m} | {v:.1f} | {k} |" for m, (v, k) in ari.items()]
     return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path`` atomically (``os.replace``), so
-    readers never see half a file and an interrupted write leaves the old file intact."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
