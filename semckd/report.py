@@ -131,6 +131,9 @@ class RunInfo:
     wall_time_s: float | None
     epochs: int
     kind: str = "distill"
+    # every other setting that changes what is trained (epochs, data size, lr, teacher file...): runs are
+    # seeds of one experiment only when these agree too
+    setting: tuple[tuple[str, str], ...] = ()
 
 
 def _teacher_name(value: Any, run_dir: Path) -> str:
@@ -234,10 +237,13 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
         epochs = max(epochs, len(metrics))
     margs = run.get("method_args", cfg.get("method_args"))
     label = method_label(str(method), margs) if str(method) != "vanilla" else "vanilla"
+    setting = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in cfg.items()
+                           if k not in _NOT_SETTING)) if cfg else ()
     return RunInfo(path=d, name=d.name, dataset=str(dataset), teacher=_teacher_name(teacher_raw, d),
                    student=str(student), method=label,
                    seed=int(seed) if _num(seed) is not None else None,  # type: ignore[arg-type]
-                   final_acc=final, best_acc=best, wall_time_s=wall, epochs=epochs, kind=kind)
+                   final_acc=final, best_acc=best, wall_time_s=wall, epochs=epochs, kind=kind,
+                   setting=setting)
 
 
 def _is_run(d: Path) -> bool:
@@ -305,13 +311,52 @@ class Group:
 
 
 def group_runs(runs: Iterable[RunInfo]) -> list[Group]:
-    """Group by setting; order: dataset, student, the student's vanilla row first, then by teacher."""
-    groups: dict[tuple[str, str, str, str], Group] = {}
+    """Group runs that differ by seed alone; order: dataset, student, vanilla first, then by teacher.
+
+    Runs that share dataset, teacher, student and method but differ in another setting (epochs,
+    ``limit_train``, lr, the teacher file...) or repeat a seed are separate rows; their method label
+    names what differs, e.g. ``semckd {epochs=3}``.
+    """
+    buckets: dict[tuple[Any, ...], list[RunInfo]] = {}
     for r in runs:
-        key = (r.dataset, r.teacher, r.student, r.method)
-        groups.setdefault(key, Group(*key)).runs.append(r)
-    return sorted(groups.values(), key=lambda g: (g.dataset, g.student, g.teacher != NONE, g.teacher,
-                                                  _METHOD_ORDER.get(g.method, 2), g.method))
+        buckets.setdefault((r.dataset, r.teacher, r.student, r.method, r.setting), []).append(r)
+    split: list[tuple[tuple[Any, ...], list[RunInfo]]] = []
+    for key, rs in buckets.items():  # a repeated seed is a repeat, not another seed: its own row
+        copies: list[list[RunInfo]] = []
+        for r in rs:
+            row = next((c for c in copies if r.seed is None or all(x.seed != r.seed for x in c)), None)
+            if row is None:
+                copies.append(row := [])
+            row.append(r)
+        split += [(key, c) for c in copies]
+    by_label: dict[tuple[str, str, str, str], list[tuple[tuple[Any, ...], list[RunInfo]]]] = {}
+    for key, rs in split:
+        by_label.setdefault(key[:4], []).append((key, rs))
+    groups: list[Group] = []
+    for label, members in by_label.items():
+        ref = dict(max(members, key=lambda m: len(m[1]))[0][4])  # the most-run setting keeps the plain label
+        seen: dict[str, int] = {}
+        for key, rs in members:
+            mine = dict(key[4])
+            shown = [f"{k}={json.loads(mine[k]) if k in mine else None}"
+                     for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)]
+            tag = ", ".join(shown)
+            seen[tag] = seen.get(tag, 0) + 1
+            if seen[tag] > 1:
+                tag = ", ".join([*shown, f"repeat {seen[tag]}"])
+            g = Group(label[0], label[1], label[2], f"{label[3]} {{{tag}}}" if tag else label[3])
+            g.runs.extend(rs)
+            groups.append(g)
+    return sorted(groups, key=lambda g: (g.dataset, g.student, g.teacher != NONE, g.teacher,
+                                         _METHOD_ORDER.get(g.method, 2), g.method))
+
+
+# config keys that do not change what a run computes (where it runs, how it logs) or that are the seed
+_NOT_SETTING = frozenset({
+    "seed", "out", "resume", "force", "quiet", "tensorboard", "device", "workers", "log_every", "save_every",
+    "download", "data_dir", "compile", "kind", "deterministic", "channels_last", "eval_batch_size",
+    "method", "method_args", "model", "dataset", "teacher_model",
+})
 
 
 def relative_improvement(ref_acc: float, method_acc: float, vanilla_acc: float) -> float | None:
