@@ -257,6 +257,20 @@ def _check_run_dir(cfg: TrainConfig) -> tuple[list[Path], str | None]:
                     "start over, or choose another --out")
 
 
+def eta_note(epochs_left: int, epoch_s: float, device: torch.device | str) -> str | None:
+    """A warning when the rest of the run takes over an hour at the first epoch's speed.
+
+    The defaults are the paper's 240 epochs: fine on a GPU, days on a CPU. Without a word a new user
+    cannot tell a slow machine from a hung run.
+    """
+    left = epochs_left * epoch_s
+    if left < 3600:
+        return None
+    tip = ("; for a quick run pass --epochs N (and --milestones) or --limit-train N"
+           if torch.device(device).type == "cpu" else "")
+    return f"{epochs_left} epochs left at {epoch_s:.0f} s each: about {left / 3600:.1f} h on {device}{tip}"
+
+
 def _json_safe(v: Any) -> Any:
     """NaN/inf → ``null``: metrics.jsonl must stay valid JSON (``json.dumps`` writes bare ``NaN``)."""
     if isinstance(v, float) and not math.isfinite(v):
@@ -774,6 +788,10 @@ class _Trainer:
                 line["extras"] = extras
             self._save(epoch, test, improved, line)  # the commit point: last.pt holds this row too
             self.metrics.write(line)
+            if not last_test:
+                note = eta_note(cfg.epochs - epoch, line["epoch_time_s"], self.device)
+                if note:
+                    self.note(note)
             last_test = test
             self.say(f"epoch {epoch:>3}/{cfg.epochs}  lr {lr:.4g}  loss {rec['train_loss']:.4f}  "
                      f"train {rec['train_acc']:.2f}%  test {test['test_acc']:.2f}% "

@@ -1,8 +1,11 @@
 """Summarise finished runs as a markdown table: mean ± std over seeds and the paper's ARI.
 
-Runs are grouped by (dataset, teacher, student, method with its non-default options); each group shows
-how many seeds it has, the mean ± sample standard deviation (n−1) of the final and the best test
-accuracy, and the mean wall time of one run.
+Runs are grouped by (dataset, teacher, student, method with its non-default options) and only when
+every other setting that changes the result (epochs, data size, lr, teacher file...; see
+``_NOT_SETTING`` for what does not) agrees too, so a row's runs differ by seed alone; a row of another
+setting names what differs (``semckd {epochs=3}``). Each group shows how many seeds it has, the
+mean ± sample standard deviation (n−1) of the final and the best test accuracy, and the mean wall
+time of one run.
 
 **ARI** (Average Relative Improvement) is the SemCKD paper's measure of how much further SemCKD goes
 beyond a compared method, relative to what that method itself gained over the plain student::

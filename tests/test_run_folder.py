@@ -217,3 +217,12 @@ def test_all_run_files_share_one_mode(setup, tmp_path):
         os.umask(old)
     assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(
         ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "run.json"], 0o644)
+
+
+def test_a_long_run_says_how_long_after_its_first_epoch():
+    from semckd.engine import eta_note
+
+    assert eta_note(239, 10.0, "cpu") is None  # 40 minutes: no warning
+    note = eta_note(239, 120.0, "cpu")
+    assert note is not None and "about 8.0 h on cpu" in note and "--epochs" in note
+    assert "--epochs" not in (eta_note(239, 120.0, "cuda:0") or "")
