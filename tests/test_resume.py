@@ -159,14 +159,12 @@ sys.exit(main({argv!r}))
 
 # (SEMCKD_FAULT, what the moment is): 5 steps per epoch, one write of each file per epoch
 KILL_MOMENTS = [
-    ("written:config.yaml@1", "config.yaml written, not yet renamed: nothing trained"),
     ("step@3", "mid-epoch 1, before the first checkpoint"),
     ("write:last.pt@1", "epoch 1's last.pt half written"),
     ("written:last.pt@1", "epoch 1's last.pt complete in its temp file, not renamed"),
     ("write:best.pt@1", "after last.pt, while best.pt is written"),
     ("write:metrics.jsonl@1", "after both checkpoints, while the metrics row is written"),
     ("step@8", "mid-epoch 2"),
-    ("written:last.pt@3", "the final epoch's last.pt not yet renamed"),
     ("written:metrics.jsonl@3", "the final checkpoint written, its metrics row not"),
     ("write:run.json@1", "after the last epoch, while run.json is written"),
 ]
