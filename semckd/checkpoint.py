@@ -8,13 +8,11 @@ checkpoint intact instead of a truncated one.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
 import re
 import shutil
-import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -22,14 +20,19 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from .atomic import FAULT_ENV, atomic_path, fault_point, is_temp_of
 from .errors import UserError
 
 __all__ = [
+    "FAULT_ENV",
     "FORMAT",
     "atomic_copy",
+    "atomic_path",
     "atomic_save",
     "atomic_write_text",
     "capture_rng",
+    "fault_point",
+    "is_temp_of",
     "load_checkpoint",
     "load_state_dict_checked",
     "load_teacher",
@@ -42,19 +45,9 @@ FORMAT = "semckd-ckpt-v1"
 
 # ---------------------------------------------------------------------- atomic writes
 def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        write(f)
+        fault_point(f"write:{Path(path).name}")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -63,10 +56,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` atomically."""
     def write(f: IO[bytes]) -> None:
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, length=1 << 20)
@@ -82,8 +77,15 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
         raise UserError(f"{what} {str(p)!r} not found")
     if p.is_dir():
         raise UserError(f"{what} {str(p)!r} is a folder; pass the .pt file inside it (e.g. {p / 'best.pt'})")
+    with open(p, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" and len(head) == 2 and head[1] >= 3:  # pickle protocol >= 3: not torch.save
+        raise UserError(f"{what} {str(p)!r} is a plain pickle file (protocol {head[1]}), not a torch.save "
+                        "file; load it in Python and re-save it with torch.save(obj, path)")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol before failing
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         m = re.search(r"GLOBAL ([\w.]+)", msg)
@@ -93,11 +95,19 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
                 f"{what} {str(p)!r} contains arbitrary Python objects{obj}, not just weights, and is refused "
                 "for safety (weights_only=True); if you trust it, re-save its state_dict with torch.save"
             ) from None
-        first = (msg.splitlines() or ["unpickling failed"])[0][:80]
-        raise UserError(f"{what} {str(p)!r} is corrupt or not a PyTorch file ({first})") from None
+        why = msg.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in msg else msg
+        raise UserError(f"{what} {str(p)!r} is corrupt or not a PyTorch file ({_short(why)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
-        raise UserError(f"{what} {str(p)!r} is corrupt or not a PyTorch file ({first})") from None
+        why = "not a zip or pickle archive" if isinstance(e, KeyError) else _short(str(e)) or type(e).__name__
+        raise UserError(f"{what} {str(p)!r} is corrupt or not a PyTorch file ({why})") from None
+
+
+def _short(text: str, limit: int = 100) -> str:
+    """The first non-empty line of ``text``, cut at a word boundary (never mid-word) when too long."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
 
 
 _PREFIXES = ("module.", "_orig_mod.")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -70,7 +71,8 @@ class TrainConfig:
     kind: str = _f("distill", "what the run trains: 'teacher' (train-teacher) or 'distill'", cli=False)
     # ---- what to train
     dataset: str = _f("cifar100", "dataset: fashion_mnist, mnist, cifar10, cifar100, imagefolder")
-    data_dir: str = _f("data", "folder holding the dataset files")
+    data_dir: str | None = _f(None, "folder holding the dataset files (default: $SEMCKD_DATA_DIR or ./data, "
+                                    "then, for Fashion-MNIST, /usr/share/datasets/fashion-mnist)")
     download: bool = _f(False, "download the dataset if it is missing")
     model: str = _f("", "student (or teacher, for train-teacher) architecture, e.g. resnet8x4")
     teacher: str | None = _f(None, "teacher checkpoint (.pt) for distillation")
@@ -481,6 +483,17 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = R
         if k in ignore:
             continue
         default = _FIELDS[k].default if k in _FIELDS else None  # a key added after the run was saved
-        if a.get(k, default) != b.get(k, default):
+        same_path = k in _PATH_KEYS and _same_path(a.get(k), b.get(k))
+        if a.get(k, default) != b.get(k, default) and not same_path:
             out.append(f"{k}: {a.get(k)!r} → {b.get(k)!r}")
     return out
+
+
+_PATH_KEYS = frozenset({"teacher"})
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """``runs/t/best.pt`` and ``/home/me/runs/t/best.pt`` name one teacher (relative to this folder)."""
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))

@@ -38,6 +38,8 @@ from .checkpoint import (
     atomic_save,
     atomic_write_text,
     capture_rng,
+    fault_point,
+    is_temp_of,
     load_checkpoint,
     load_state_dict_checked,
     load_teacher,
@@ -213,34 +215,41 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = 
 
 
 # ---------------------------------------------------------------------- run folder
-def _check_run_dir(cfg: TrainConfig) -> list[Path]:
-    """Refuse to write over another run; ``--resume`` needs its checkpoint.
+def _check_run_dir(cfg: TrainConfig) -> tuple[list[Path], str | None]:
+    """Refuse to write over another run; decide whether ``--resume`` has a checkpoint to continue.
 
-    Returns the files ``--force`` will delete — only once the new run has been set up without error, so
-    a typo in a forced command does not destroy the old run for nothing.
+    Returns ``(files to delete, note)``. The files (``--force``, or the leftovers of a run that never
+    wrote ``last.pt``) are deleted only once the new run has been set up without error, so a typo in a
+    forced command does not destroy the old run for nothing. A folder without ``last.pt`` holds no
+    resumable state: the same command, with or without ``--resume``, starts it from epoch 1 (the note
+    says so), so a run killed before its first checkpoint is never a dead end.
     """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {cfg.out!r} is a file; pass a folder")
-    if cfg.resume:
-        if not (out / "last.pt").is_file():
-            raise UserError(f"--resume: no checkpoint at {str(out / 'last.pt')!r}; "
-                            "run without --resume to start")
-        saved = out / "config.yaml"
-        if saved.is_file():
-            old = yaml.safe_load(saved.read_text()) or {}
-            diff = config_diff(old, cfg.to_dict())
-            if diff:
-                raise UserError(f"--resume: the settings differ from the run in {cfg.out!r} "
-                                f"({'; '.join(diff[:3])}); keep the settings or use another --out")
-        return []
     present = [out / n for n in RUN_FILES if (out / n).exists()]
-    if not present or cfg.force:
-        return present
     diff: list[str] = []
     if (out / "config.yaml").is_file():
-        with contextlib.suppress(yaml.YAMLError):
+        try:
             diff = config_diff(yaml.safe_load((out / "config.yaml").read_text()) or {}, cfg.to_dict())
+        except yaml.YAMLError:
+            diff = [] if cfg.resume else ["config.yaml unreadable"]
+    has_ckpt = (out / "last.pt").is_file()
+    if cfg.resume:
+        if diff:
+            raise UserError(f"--resume: the settings differ from the run in {cfg.out!r} "
+                            f"({'; '.join(diff[:3])}); keep the settings or use another --out")
+        if has_ckpt:
+            return [], None
+        note = (f"--resume: no checkpoint in {cfg.out} yet (stopped before its first epoch ended); "
+                "starting from epoch 1")
+        return present, note
+    if not present or cfg.force:
+        return present, None
+    if not has_ckpt and (not diff or not (out / "best.pt").exists()):
+        what = "the same settings" if not diff else f"other settings ({'; '.join(diff[:3])})"
+        return present, (f"{cfg.out} holds no checkpoint of a run with {what} (it stopped before its "
+                         "first epoch ended); starting over")
     if diff:
         raise UserError(f"--out {cfg.out!r} holds another run ({'; '.join(diff[:3])}); choose another --out, "
                         "or pass --force to replace it")
@@ -248,25 +257,79 @@ def _check_run_dir(cfg: TrainConfig) -> list[Path]:
                     "start over, or choose another --out")
 
 
-class _Metrics:
-    """metrics.jsonl (+ TensorBoard if installed), written by rank 0 only."""
+def eta_note(epochs_left: int, epoch_s: float, device: torch.device | str) -> str | None:
+    """A warning when the rest of the run takes over an hour at the first epoch's speed.
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool, keep_upto: int | None) -> None:
+    The defaults are the paper's 240 epochs: fine on a GPU, days on a CPU. Without a word a new user
+    cannot tell a slow machine from a hung run.
+    """
+    left = epochs_left * epoch_s
+    if left < 3600:
+        return None
+    tip = ("; for a quick run pass --epochs N (and --milestones) or --limit-train N"
+           if torch.device(device).type == "cpu" else "")
+    return f"{epochs_left} epochs left at {epoch_s:.0f} s each: about {left / 3600:.1f} h on {device}{tip}"
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN/inf → ``null``: metrics.jsonl must stay valid JSON (``json.dumps`` writes bare ``NaN``)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _nonfinite_tensors(parts: dict[str, Any]) -> list[str]:
+    """Names of floating tensors holding NaN/inf in nested state (parameters, buffers, optimizer state)."""
+    bad: list[str] = []
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+                bad.append(prefix)
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}.{i}", v)
+
+    walk("", parts)
+    return bad
+
+
+class _Metrics:
+    """metrics.jsonl (+ TensorBoard if installed), written by rank 0 only.
+
+    The rows so far also travel in every checkpoint, and the file is rewritten atomically each epoch:
+    on resume it is rebuilt from the checkpoint's rows, so a kill between the checkpoint and the
+    metrics write can neither lose an epoch's row nor leave half a line.
+    """
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, keep_upto: int | None,
+                 rows: list[dict[str, Any]] | None = None) -> None:
         self.path = out / "metrics.jsonl"
         self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
         self.tb = None
+        if keep_upto is not None:
+            if rows is not None:  # the checkpoint's own record of its epochs
+                self.rows = [r for r in rows if r.get("epoch", 0) <= keep_upto]
+            elif self.path.exists():  # a checkpoint from before rows were saved: the file's lines
+                for ln in self.path.read_text().splitlines():
+                    try:
+                        rec = json.loads(ln)
+                    except ValueError:  # a line cut short by a kill mid-write
+                        continue
+                    if isinstance(rec, dict) and rec.get("epoch", 0) <= keep_upto:
+                        self.rows.append(rec)
         if not enabled:
             return
-        if keep_upto is not None and self.path.exists():
-            # resume: drop epochs after the checkpoint, and a line cut short by a kill mid-write
-            kept = []
-            for ln in self.path.read_text().splitlines():
-                try:
-                    if json.loads(ln).get("epoch", 0) <= keep_upto:
-                        kept.append(ln)
-                except (ValueError, AttributeError):
-                    continue
-            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+        if keep_upto is not None:
+            self._flush()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -275,11 +338,15 @@ class _Metrics:
             except ImportError:  # optional dependency
                 self.tb = None
 
+    def _flush(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n"
+                                             for r in self.rows))
+
     def write(self, rec: dict[str, Any]) -> None:
+        self.rows.append(rec)
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self._flush()
         if self.tb is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k != "epoch":
@@ -342,9 +409,11 @@ class _Trainer:
             raise UserError(f"--batch-size {cfg.batch_size} does not split over {env.world_size} processes; "
                             f"use a multiple of {env.world_size}")
         self.batch = cfg.batch_size // env.world_size
-        self.to_delete = D.broadcast_error(lambda: _check_run_dir(cfg), env) or []
+        self.to_delete, fresh_note = D.broadcast_error(lambda: _check_run_dir(cfg), env) or ([], None)
+        if fresh_note:
+            self.note(fresh_note)
         self.resume_ckpt = None
-        if cfg.resume:
+        if cfg.resume and (self.out / "last.pt").is_file():
             self.resume_ckpt = load_checkpoint(self.out / "last.pt", "resume checkpoint")
             if not isinstance(self.resume_ckpt, dict) or self.resume_ckpt.get("format") != FORMAT:
                 raise UserError(f"--resume: {str(self.out / 'last.pt')!r} is not a semckd training "
@@ -438,28 +507,68 @@ class _Trainer:
         if env.enabled:
             self.model = _wrap_ddp(distiller, device, cfg.find_unused_parameters)
         if env.is_main:
-            if self.to_delete:  # --force
+            if self.to_delete:  # --force, or a folder that never got a checkpoint
                 for p in self.to_delete:
                     p.unlink(missing_ok=True)
                 shutil.rmtree(self.out / "tb", ignore_errors=True)
-                self.note(f"--force: replaced the previous run in {cfg.out}")
+                if cfg.force:
+                    self.note(f"--force: replaced the previous run in {cfg.out}")
             self.out.mkdir(parents=True, exist_ok=True)
+            self._remove_temp_files()
             cfg.save_yaml(self.out / "config.yaml")
+        ck = self.resume_ckpt
         self.metrics = _Metrics(self.out, env.is_main, cfg.tensorboard,
-                                keep_upto=self.start_epoch - 1 if cfg.resume else None)
+                                keep_upto=self.start_epoch - 1 if ck is not None else None,
+                                rows=ck.get("metrics") if ck is not None else None)
+        if ck is not None and env.is_main:
+            self._recover_best(ck)
         self.num_params = sum(p.numel() for p in student.parameters())
         if env.enabled:  # identical init everywhere (above); from here on, independent random streams
             _seed_all(cfg.seed + 1000003 * env.rank)
+
+    def _remove_temp_files(self) -> None:
+        """Temp files a kill left mid-write (``.last.pt.XXXX.tmp``...): never committed, so never needed."""
+        for f in self.out.iterdir():
+            if any(is_temp_of(f.name, n) for n in RUN_FILES) and f.is_file():
+                f.unlink(missing_ok=True)
+
+    def _recover_best(self, ck: dict[str, Any]) -> None:
+        """A kill between writing ``last.pt`` and ``best.pt`` leaves an older best.pt: redo that copy."""
+        if int(ck.get("best_epoch", 0)) != int(ck["epoch"]):
+            return
+        best = self.out / "best.pt"
+        with contextlib.suppress(Exception):
+            b = torch.load(best, map_location="cpu", weights_only=True) if best.is_file() else None
+            if isinstance(b, dict) and b.get("epoch") == ck["epoch"]:
+                return
+        atomic_copy(self.out / "last.pt", best)
+        self.note(f"restored {best} from last.pt (the run stopped while writing it)")
 
     def _load_resume(self, ck: dict[str, Any]) -> None:
         sd, _ = split_checkpoint(ck)
         load_state_dict_checked(self.student, sd, f"resume checkpoint in {self.cfg.out!r}", self.cfg.model,
                                 getattr(self.student, "head_name", None))
+        per_rank = ck.get("rng_per_rank") or []
+        saved_ws = int(ck.get("world_size") or max(len(per_rank), 1))
+        ws = self.env.world_size
         try:
             self.distiller.load_extras_state_dict(ck.get("extras") or {})
             self.optimizer.load_state_dict(ck["optimizer"])
-        except (ValueError, KeyError) as e:
-            raise UserError(f"--resume: checkpoint does not match this method/config ({e})") from None
+        except (ValueError, KeyError, RuntimeError) as e:
+            if saved_ws != ws:
+                bs = self.cfg.batch_size
+                raise UserError(
+                    f"--resume: the checkpoint in {self.cfg.out!r} was written by {saved_ws} process(es) "
+                    f"(batch {bs // saved_ws} each) but this run has {ws} (batch {bs // ws} each), and "
+                    f"method {self.cfg.method_spec!r} sizes its modules by the per-process batch; resume "
+                    f"with {saved_ws} process(es)"
+                    + (f" (torchrun --nproc-per-node {saved_ws} ...)" if saved_ws > 1 else " (no torchrun)")
+                ) from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"--resume: checkpoint does not match this method/config ({first})") from None
+        if saved_ws != ws:
+            self.note(f"resuming a {saved_ws}-process run with {ws} process(es): training continues, but "
+                      "not bit-identically (data shards and random streams differ)")
         self.scheduler.load_state_dict(ck["scheduler"])
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
@@ -467,7 +576,6 @@ class _Trainer:
         self.best_acc = float(ck.get("best_acc", 0.0))
         self.best_val_acc = ck.get("best_val_acc")
         self.best_epoch = int(ck.get("best_epoch", 0))
-        per_rank = ck.get("rng_per_rank") or []
         self.rng_to_restore = (per_rank[self.env.rank] if len(per_rank) == self.env.world_size
                                else ck.get("rng"))
         self.note(f"resuming {self.cfg.out} after epoch {int(ck['epoch'])} (best {self.best_acc:.2f}%)")
@@ -482,7 +590,8 @@ class _Trainer:
         return test["test_acc"] > self.best_acc
 
     # -- checkpoints
-    def _state(self, epoch: int, test: dict[str, float], rngs: list[dict[str, Any]]) -> dict[str, Any]:
+    def _state(self, epoch: int, test: dict[str, float], rngs: list[dict[str, Any]],
+               line: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
         return {
             "format": FORMAT,
@@ -500,6 +609,9 @@ class _Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rngs[0],
             "rng_per_rank": rngs if len(rngs) > 1 else None,  # DDP: each rank resumes its own streams
+            "world_size": self.env.world_size,
+            # the metrics rows up to this epoch: checkpoint and row commit together (see _Metrics)
+            "metrics": [_json_safe(r) for r in self.metrics.rows + [line]],
             "epoch": epoch,
             "best_acc": self.best_acc,
             "best_val_acc": self.best_val_acc,
@@ -509,7 +621,7 @@ class _Trainer:
             "config": cfg.to_dict(),
         }
 
-    def _save(self, epoch: int, test: dict[str, float], improved: bool) -> None:
+    def _save(self, epoch: int, test: dict[str, float], improved: bool, line: dict[str, Any]) -> None:
         due = epoch % self.cfg.save_every == 0 or epoch == self.cfg.epochs
         if not (due or improved):  # the same on every rank: test accuracy is all-reduced
             return
@@ -519,7 +631,7 @@ class _Trainer:
             torch.distributed.all_gather_object(rngs, capture_rng())
         if not self.env.is_main:
             return
-        state = self._state(epoch, test, rngs)
+        state = self._state(epoch, test, rngs, line)
         if due:
             atomic_save(state, self.out / "last.pt")
             self.last_saved = epoch
@@ -529,6 +641,36 @@ class _Trainer:
             else:
                 atomic_save(state, self.out / "best.pt")
 
+    def _last_good(self) -> str:
+        last = getattr(self, "last_saved", self.start_epoch - 1)
+        return (f"the last good checkpoint {str(self.out / 'last.pt')!r} (epoch {last}) is kept"
+                if last >= 1 else "no checkpoint had been written yet")
+
+    def _check_state_finite(self, epoch: int, test: dict[str, float]) -> None:
+        """A checkpoint is only called good if every tensor in it, and its evaluation, is finite.
+
+        A finite training loss can still leave inf in BatchNorm running statistics or in optimizer
+        state (a huge lr); such a checkpoint evaluates at chance and poisons every resume from it.
+        """
+        bad = _nonfinite_tensors({"student": self.student.state_dict(),
+                                  "extras": self.distiller.extras_state_dict(),
+                                  "optimizer": self.optimizer.state_dict()["state"]})
+        flag = torch.tensor([float(bool(bad)) + 2.0 * (not math.isfinite(test["test_loss"]))],
+                            device=self.device)
+        D.all_reduce_max(flag, self.env)
+        f = int(flag.item())
+        if f == 0:
+            return
+        if bad:
+            what = f"{len(bad)} tensor(s) of the model state became non-finite (e.g. {', '.join(bad[:3])})"
+        elif f & 1:
+            what = "the model state became non-finite on another process"
+        else:
+            what = f"the test loss became non-finite ({test['test_loss']})"
+        raise NonFiniteLossError(f"after epoch {epoch} {what}; training stopped without writing that "
+                                 f"epoch's checkpoint and {self._last_good()}; lower --lr or the method's "
+                                 "loss weights")
+
     # -- one epoch
     def _check_finite(self, sums: torch.Tensor, names: list[str], epoch: int, step: int) -> None:
         bad = (~torch.isfinite(sums[:1])).to(torch.float32)
@@ -536,9 +678,7 @@ class _Trainer:
         if bad.item() == 0:
             return
         terms = [n for i, n in enumerate(names) if not math.isfinite(float(sums[3 + i]))]
-        last = getattr(self, "last_saved", self.start_epoch - 1)
-        kept = (f"the last good checkpoint {str(self.out / 'last.pt')!r} (epoch {last}) is kept"
-                if last >= 1 else "no checkpoint had been written yet")
+        kept = self._last_good()
         raise NonFiniteLossError(
             f"loss became non-finite at epoch {epoch}, step {step} (terms: {', '.join(terms) or 'total'}); "
             f"training stopped and {kept}; lower --lr or the method's loss weights")
@@ -568,6 +708,7 @@ class _Trainer:
             if self.fixed is not None and images.shape[0] != self.fixed:
                 continue
             step += 1
+            fault_point("step")
             with _autocast(device, self.amp):
                 logits, losses = self.model(images, targets, index)
             if not losses:
@@ -656,12 +797,12 @@ class _Trainer:
                 test = {**test, "val_acc": val["val_acc"]}
             pop = getattr(observer, "pop_summary", None) if observer is not None else None
             extras = pop() if pop is not None else None
+            self._check_state_finite(epoch, test)
             improved = self._improved(test, val)
             if improved:
                 self.best_acc, self.best_epoch = test["test_acc"], epoch
                 if val:
                     self.best_val_acc = val["val_acc"]
-            self._save(epoch, test, improved)
             line = {"epoch": epoch, "lr": lr, **rec}
             if val:
                 line.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
@@ -673,7 +814,12 @@ class _Trainer:
             line.update(best_acc=self.best_acc, epoch_time_s=time.perf_counter() - t0)
             if extras:
                 line["extras"] = extras
+            self._save(epoch, test, improved, line)  # the commit point: last.pt holds this row too
             self.metrics.write(line)
+            if not last_test:
+                note = eta_note(cfg.epochs - epoch, line["epoch_time_s"], self.device)
+                if note:
+                    self.note(note)
             last_test = test
             shown = (f"val {val['val_acc']:.2f}% (best {self.best_val_acc:.2f}%)  "
                      f"test {test['test_acc']:.2f}%"
@@ -682,6 +828,7 @@ class _Trainer:
                      f"train {rec['train_acc']:.2f}%  {shown}  "
                      f"{rec['images_per_s']:.0f} img/s  {line['epoch_time_s']:.1f}s")
         divergence = D.param_divergence(self.student, env)
+        final = self.metrics.rows[-1] if self.metrics.rows else last_test
         if env.enabled and divergence > 0:
             self.note(f"warning: student parameters differ across processes (max |diff| {divergence:.3g})")
         summary = {
@@ -690,8 +837,8 @@ class _Trainer:
             "epochs": cfg.epochs, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
             "selected_by": "val_acc" if self.val_loader is not None else "test_acc",
             "best_val_acc": self.best_val_acc, "val_split": cfg.val_split, "seed": cfg.seed,
-            "final_acc": last_test.get("test_acc"), "final_top5": last_test.get("test_top5"),
-            "final_val_acc": last_test.get("val_acc"),
+            "final_acc": final.get("test_acc"), "final_top5": final.get("test_top5"),
+            "final_val_acc": final.get("val_acc"),
             "num_params": self.num_params, "world_size": env.world_size, "device": str(self.device),
             "amp": self.amp,
             "train_time_s": time.perf_counter() - t_start, "ddp_param_max_abs_diff": divergence,
@@ -700,6 +847,9 @@ class _Trainer:
             run_json = self.out / "run.json"
             if not last_test and run_json.exists():  # nothing trained now: keep the finished run's summary
                 summary = json.loads(run_json.read_text())
+            elif not last_test:  # killed after its last checkpoint, before run.json: finish the record
+                summary["train_time_s"] = sum(r.get("epoch_time_s") or 0.0 for r in self.metrics.rows)
+                atomic_write_text(run_json, json.dumps(summary, indent=2) + "\n")
             else:
                 atomic_write_text(run_json, json.dumps(summary, indent=2) + "\n")
             if self.val_loader is not None:
@@ -757,7 +907,9 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
     dataset = dataset or meta.get("dataset") or cfg.get("dataset")
     if not dataset:
         raise UserError(f"checkpoint {path!r} does not name its dataset; pass --dataset NAME")
-    data_dir = data_dir or cfg.get("data_dir") or "data"
+    if data_dir is None:  # the training run's folder when it is still there, else the default lookup
+        saved = cfg.get("data_dir")
+        data_dir = saved if isinstance(saved, str) and Path(saved).expanduser().is_dir() else None
     dev = resolve_device(device)
     _, test_loader, info = build_data(dataset, data_dir, batch_size, device=dev, eval_batch_size=batch_size,
                                       augment=False, limit_train=1)

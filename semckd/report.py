@@ -1,8 +1,11 @@
 """Summarise finished runs as a markdown table: mean ± std over seeds and the paper's ARI.
 
-Runs are grouped by (dataset, teacher, student, method with its non-default options); each group shows
-how many seeds it has, the mean ± sample standard deviation (n−1) of the final and the best test
-accuracy, and the mean wall time of one run.
+Runs are grouped by (dataset, teacher, student, method with its non-default options) and only when
+every other setting that changes the result (epochs, data size, lr, teacher file...; see
+``_NOT_SETTING`` for what does not) agrees too, so a row's runs differ by seed alone; a row of another
+setting names what differs (``semckd {epochs=3}``). Each group shows how many seeds it has, the
+mean ± sample standard deviation (n−1) of the final and the best test accuracy, and the mean wall
+time of one run.
 
 **ARI** (Average Relative Improvement) is the SemCKD paper's measure of how much further SemCKD goes
 beyond a compared method, relative to what that method itself gained over the plain student::
@@ -23,17 +26,16 @@ A run folder is read leniently: ``run.json`` when present, else ``config.yaml`` 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import statistics
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_path, write_text_atomic  # noqa: F401  (re-exported)
 from .errors import UserError
 
 __all__ = ["Group", "RunInfo", "ari_table", "atomic_path", "build_report", "find_runs", "group_runs",
@@ -133,6 +135,9 @@ class RunInfo:
     epochs: int
     kind: str = "distill"
     best_val_acc: float | None = None  # validation accuracy of the selected epoch (runs with --val-split)
+    # every other setting that changes what is trained (epochs, data size, lr, teacher file...): runs are
+    # seeds of one experiment only when these agree too
+    setting: tuple[tuple[str, str], ...] = ()
 
 
 def _teacher_name(value: Any, run_dir: Path) -> str:
@@ -240,11 +245,13 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
         epochs = max(epochs, len(metrics))
     margs = run.get("method_args", cfg.get("method_args"))
     label = method_label(str(method), margs) if str(method) != "vanilla" else "vanilla"
+    setting = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in cfg.items()
+                           if k not in _NOT_SETTING)) if cfg else ()
     return RunInfo(path=d, name=d.name, dataset=str(dataset), teacher=_teacher_name(teacher_raw, d),
                    student=str(student), method=label,
                    seed=int(seed) if _num(seed) is not None else None,  # type: ignore[arg-type]
                    final_acc=final, best_acc=best, wall_time_s=wall, epochs=epochs, kind=kind,
-                   best_val_acc=best_val)
+                   best_val_acc=best_val, setting=setting)
 
 
 def _is_run(d: Path) -> bool:
@@ -315,13 +322,52 @@ class Group:
 
 
 def group_runs(runs: Iterable[RunInfo]) -> list[Group]:
-    """Group by setting; order: dataset, student, the student's vanilla row first, then by teacher."""
-    groups: dict[tuple[str, str, str, str], Group] = {}
+    """Group runs that differ by seed alone; order: dataset, student, vanilla first, then by teacher.
+
+    Runs that share dataset, teacher, student and method but differ in another setting (epochs,
+    ``limit_train``, lr, the teacher file...) or repeat a seed are separate rows; their method label
+    names what differs, e.g. ``semckd {epochs=3}``.
+    """
+    buckets: dict[tuple[Any, ...], list[RunInfo]] = {}
     for r in runs:
-        key = (r.dataset, r.teacher, r.student, r.method)
-        groups.setdefault(key, Group(*key)).runs.append(r)
-    return sorted(groups.values(), key=lambda g: (g.dataset, g.student, g.teacher != NONE, g.teacher,
-                                                  _METHOD_ORDER.get(g.method, 2), g.method))
+        buckets.setdefault((r.dataset, r.teacher, r.student, r.method, r.setting), []).append(r)
+    split: list[tuple[tuple[Any, ...], list[RunInfo]]] = []
+    for key, rs in buckets.items():  # a repeated seed is a repeat, not another seed: its own row
+        copies: list[list[RunInfo]] = []
+        for r in rs:
+            row = next((c for c in copies if r.seed is None or all(x.seed != r.seed for x in c)), None)
+            if row is None:
+                copies.append(row := [])
+            row.append(r)
+        split += [(key, c) for c in copies]
+    by_label: dict[tuple[str, str, str, str], list[tuple[tuple[Any, ...], list[RunInfo]]]] = {}
+    for key, rs in split:
+        by_label.setdefault(key[:4], []).append((key, rs))
+    groups: list[Group] = []
+    for label, members in by_label.items():
+        ref = dict(max(members, key=lambda m: len(m[1]))[0][4])  # the most-run setting keeps the plain label
+        seen: dict[str, int] = {}
+        for key, rs in members:
+            mine = dict(key[4])
+            shown = [f"{k}={json.loads(mine[k]) if k in mine else None}"
+                     for k in sorted(set(mine) | set(ref)) if mine.get(k) != ref.get(k)]
+            tag = ", ".join(shown)
+            seen[tag] = seen.get(tag, 0) + 1
+            if seen[tag] > 1:
+                tag = ", ".join([*shown, f"repeat {seen[tag]}"])
+            g = Group(label[0], label[1], label[2], f"{label[3]} {{{tag}}}" if tag else label[3])
+            g.runs.extend(rs)
+            groups.append(g)
+    return sorted(groups, key=lambda g: (g.dataset, g.student, g.teacher != NONE, g.teacher,
+                                         _METHOD_ORDER.get(g.method, 2), g.method))
+
+
+# config keys that do not change what a run computes (where it runs, how it logs) or that are the seed
+_NOT_SETTING = frozenset({
+    "seed", "out", "resume", "force", "quiet", "tensorboard", "device", "workers", "log_every", "save_every",
+    "download", "data_dir", "compile", "kind", "deterministic", "channels_last", "eval_batch_size",
+    "method", "method_args", "model", "dataset", "teacher_model",
+})
 
 
 def relative_improvement(ref_acc: float, method_acc: float, vanilla_acc: float) -> float | None:
@@ -414,28 +460,3 @@ def build_report(run_dirs: Iterable[str | os.PathLike], metric: str = "best", ar
         lines += ["", f"| method | ARI vs {ari_ref} (%) | pairs |", "|---|---:|---:|"]
         lines += [f"| {m} | {v:.1f} | {k} |" for m, (v, k) in ari.items()]
     return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it replaces ``path`` atomically (``os.replace``), so
-    readers never see half a file and an interrupted write leaves the old file intact."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".tmp{p.suffix}", dir=p.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)

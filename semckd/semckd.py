@@ -197,7 +197,7 @@ def _check_sizes(student_channels: Sequence[int], teacher_channels: Sequence[int
         raise ValueError("SemCKD needs at least one student and one teacher layer; check the tap names")
     if any(int(c) < 1 for c in [*student_channels, *teacher_channels]):
         raise ValueError("SemCKD channel counts must be positive integers")
-    if factor < 1 or batch_size < factor:
+    if factor < 1 or batch_size < 1 or (batch_size < factor and mode == "faithful"):
         raise ValueError(f"SemCKD needs batch_size ≥ factor ≥ 1 (embedding width batch_size // factor), got "
                          f"batch_size={batch_size}, factor={factor}; use a larger batch or a smaller factor")
 
@@ -265,7 +265,8 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
             raise ValueError(f"fuse must be True, False or 'auto', got {fuse!r}")
         self.fuse = fuse
         self.channels_last = channels_last
-        dim = self.batch_size // self.factor
+        # batch_free takes any batch size ≥ 1; below ``factor`` the embedding keeps width 1
+        dim = max(self.batch_size // self.factor, 1)
         if mode == "faithful":
             s_in = [self.batch_size] * self.num_student
             t_in = [self.batch_size] * self.num_teacher

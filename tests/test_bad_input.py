@@ -95,7 +95,8 @@ CASES = {
     "batch the fixed-batch method cannot take": (
         lambda r: base(r, "--method-args", "fixed=true", "--limit-train", "16"),
         "needs full batches of 32 but each process has only 16"),
-    "resume without checkpoint": (lambda r: base(r, "--resume"), "--resume: no checkpoint at"),
+    "resume with other settings": (lambda r: ["train-teacher", "--out", str(r / "other"), "--resume", "--lr",
+                                              "0.3"], "--resume: the settings differ"),
     "output dir holds another run": (lambda r: base(r, "--out", str(r / "other")), "holds another run"),
     "non-finite loss": (lambda r: base(r, "--method-args", "blowup_epoch=1"), "loss became non-finite"),
     "unknown yaml key": (lambda r: base(r, "--config", str(r / "typo.yaml")),

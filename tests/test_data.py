@@ -19,7 +19,7 @@ import torch
 from semckd.data import DeviceLoader, build_data, crop_flip, epoch_order, load_arrays
 from semckd.data import cifar as cifar_mod
 from semckd.data.download import download_file, safe_extract
-from semckd.data.idx import load_idx_dataset, read_idx
+from semckd.data.idx import find_idx_dir, load_idx_dataset, read_idx
 from semckd.errors import UserError
 
 REAL_FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -102,21 +102,39 @@ def test_idx_missing_file_and_dir(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.*missing.*--data-dir"):
         load_idx_dataset("fashion_mnist", tmp_path)
-    with pytest.raises(UserError, match="not found.*--data-dir"):
+    with pytest.raises(UserError, match="--data-dir .*nowhere' does not exist; pass the folder"):
         build_data("mnist", str(tmp_path / "nowhere"), 4)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="MNIST not found: no train-images.*empty.*pass the folder"):
+        build_data("mnist", str(tmp_path / "empty"), 4)
 
 
 def test_fashion_mnist_missing_dir(tmp_path, monkeypatch):
     monkeypatch.setattr("semckd.data.idx.FASHION_MNIST_DIR", str(tmp_path / "no-system-copy"))
+    monkeypatch.setenv("SEMCKD_DATA_DIR", str(tmp_path / "default"))
     with pytest.raises(UserError, match="not found.*dataset-fashion-mnist"):
-        build_data("fashion_mnist", str(tmp_path / "nowhere"), 4)
+        build_data("fashion_mnist", None, 4)
+
+
+def test_named_data_dir_is_never_swapped_for_the_system_copy(tmp_path, monkeypatch):
+    system = tmp_path / "system"
+    make_idx_dir(system, gz=True)
+    monkeypatch.setattr("semckd.data.idx.FASHION_MNIST_DIR", str(system))
+    monkeypatch.setenv("SEMCKD_DATA_DIR", str(tmp_path / "default"))
+    assert find_idx_dir("fashion_mnist", None) == system  # no --data-dir: the system copy
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    for bad, why in (("nowhere", "does not exist"), ("afile", "is a file"), ("empty", "not found")):
+        with pytest.raises(UserError, match=why + ".*leave out --data-dir to use the system copy"):
+            find_idx_dir("fashion_mnist", tmp_path / bad)
 
 
 @pytest.mark.skipif(not REAL_FMNIST.is_dir(), reason="dataset-fashion-mnist not installed")
-def test_fashion_mnist_falls_back_to_system_copy(tmp_path):
-    from semckd.data.idx import find_idx_dir
-    assert find_idx_dir("fashion_mnist", tmp_path) == REAL_FMNIST
+def test_fashion_mnist_falls_back_to_system_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMCKD_DATA_DIR", str(tmp_path))  # an empty default folder
     assert find_idx_dir("fashion_mnist", None) == REAL_FMNIST
+    with pytest.raises(UserError, match="Fashion-MNIST not found"):  # but not for a folder the user named
+        find_idx_dir("fashion_mnist", tmp_path)
 
 
 def test_idx_count_mismatch(tmp_path):

@@ -56,7 +56,7 @@ def test_missing_data_names_the_fix(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("semckd.data.idx.FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     assert main(["demo", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "Fashion-MNIST not found" in err and "dataset-fashion-mnist" in err
+    assert "empty' does not exist" in err and "dataset-fashion-mnist" in err
 
 
 def test_demo_end_to_end_on_tiny_data(tmp_path, fmnist, capsys):

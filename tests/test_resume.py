@@ -145,3 +145,53 @@ def test_resume_of_finished_run_changes_nothing(setup, straight, capsys):
     assert "already finished 3 epochs" in capsys.readouterr().err
     assert (straight / "last.pt").read_bytes() == before
     assert len((straight / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+_FAULTED = """
+import sys, torch
+sys.path[:0] = [{tests!r}, {root!r}]
+torch.set_num_threads(1)
+from engine_helpers import register_tiny, register_probe_methods
+register_tiny(); register_probe_methods()
+from semckd.cli import main
+sys.exit(main({argv!r}))
+"""
+
+# (SEMCKD_FAULT, what the moment is): 5 steps per epoch, one write of each file per epoch
+KILL_MOMENTS = [
+    ("step@3", "mid-epoch 1, before the first checkpoint"),
+    ("write:last.pt@1", "epoch 1's last.pt half written"),
+    ("written:last.pt@1", "epoch 1's last.pt complete in its temp file, not renamed"),
+    ("write:best.pt@1", "after last.pt, while best.pt is written"),
+    ("write:metrics.jsonl@1", "after both checkpoints, while the metrics row is written"),
+    ("step@8", "mid-epoch 2"),
+    ("written:metrics.jsonl@3", "the final checkpoint written, its metrics row not"),
+    ("write:run.json@1", "after the last epoch, while run.json is written"),
+]
+
+
+@pytest.mark.slow  # one killed subprocess per moment (~2-3 s each on 2 busy cores)
+@pytest.mark.parametrize("fault", [f for f, _ in KILL_MOMENTS])
+def test_kill9_at_any_moment_then_the_same_command_ends_identical(setup, straight, fault):
+    """SIGKILL at each moment of a short run; the same command (plus --resume once a checkpoint exists)
+    ends with the weights, metrics and run summary of the uninterrupted run, and no stray files."""
+    root, data, teacher = setup
+    out = root / ("k_" + fault.replace(":", "_").replace("@", "_").replace(".", "_"))
+    argv = args(data, teacher, out)
+    code = _FAULTED.format(tests=str(TESTS), root=str(ROOT), argv=argv)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "SEMCKD_FAULT": fault, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == -signal.SIGKILL, (fault, p.returncode, p.stderr[-2000:])
+    again = argv + (["--resume"] if (out / "last.pt").exists() else [])
+    assert main(again) == 0
+    assert sorted(x.name for x in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl",
+                                                     "run.json"]
+    assert_same_run(straight, out)
+    best = torch.load(out / "best.pt", weights_only=True)
+    ref = torch.load(straight / "best.pt", weights_only=True)
+    assert best["epoch"] == ref["epoch"] and all(torch.equal(best["student"][k], v)
+                                                 for k, v in ref["student"].items())
+    times = {"train_time_s"}
+    run_a, run_b = (json.loads((d / "run.json").read_text()) for d in (straight, out))
+    assert {k: v for k, v in run_a.items() if k not in times} == {k: v for k, v in run_b.items()
+                                                                   if k not in times}

@@ -54,19 +54,33 @@ def _find_file(directory: Path, stem: str) -> Path | None:
 
 
 def find_idx_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
-    """The folder holding ``name``'s IDX files: ``data_dir``, a usual subfolder of it, or (Fashion-MNIST)
-    the system copy from the ``dataset-fashion-mnist`` package."""
-    root = Path(data_dir if data_dir is not None else
-                (FASHION_MNIST_DIR if name == "fashion_mnist" else os.environ.get("SEMCKD_DATA_DIR", "data")))
-    root = root.expanduser()
+    """The folder holding ``name``'s IDX files: ``data_dir`` or a usual subfolder of it.
+
+    With no ``data_dir`` the default folder (``$SEMCKD_DATA_DIR`` or ``./data``) is searched and then,
+    for Fashion-MNIST, the system copy from the ``dataset-fashion-mnist`` package. A folder the user named
+    is never silently swapped for another: training on the wrong data would look like success.
+    """
+    given = data_dir is not None
+    root = Path(data_dir if given else os.environ.get("SEMCKD_DATA_DIR", "data")).expanduser()  # type: ignore[arg-type]
+    fallback = ""
+    if name == "fashion_mnist":
+        fallback = (f", or leave out --data-dir to use the system copy in {FASHION_MNIST_DIR}"
+                    if Path(FASHION_MNIST_DIR).is_dir() else
+                    ", or install dataset-fashion-mnist (apt) and leave out --data-dir")
+    if given and not root.exists():
+        raise UserError(f"--data-dir {str(root)!r} does not exist; pass the folder holding the "
+                        f"{_PRETTY[name]} IDX files{fallback}")
+    if given and not root.is_dir():
+        raise UserError(f"--data-dir {str(root)!r} is a file; pass the folder that holds it{fallback}")
     tried = [root] + [root / sub for sub in _SUBDIRS[name]]
-    if name == "fashion_mnist":  # a generic --data-dir (e.g. "data") still finds the Debian package's copy
+    if name == "fashion_mnist" and not given:
         tried.append(Path(FASHION_MNIST_DIR))
     for d in tried:
         if _find_file(d, _FILES[("train", "images")]) is not None:
             return d
+    hint = f"pass the folder holding them{fallback}" if given else _fix_hint(name)
     raise UserError(f"{_PRETTY[name]} not found: no {_FILES[('train', 'images')]}[.gz] in {root} "
-                    f"(or its {', '.join(_SUBDIRS[name])} subfolders); {_fix_hint(name)}")
+                    f"(or its {', '.join(_SUBDIRS[name])} subfolders); {hint}")
 
 
 def _read_bytes(path: Path, hint: str) -> bytes:
