@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs, declares_stages, register_method
 
 __all__ = ["ABF", "ReviewKD", "hcl_loss"]
 
@@ -89,7 +89,9 @@ class ReviewKD(Distiller):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  ce_weight: float = 1.0, kd_weight: float = 0.0, beta: float = 1.0,
                  warmup_epochs: float = 20.0, max_mid_channels: int = 512, **kw) -> None:
-        self._explicit_layers = kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
+        # named layers, or layers discovered on a model that declares no stage_names, are all used
+        self._explicit_layers = (kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
+                                 or not declares_stages(student) or not declares_stages(teacher))
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         if warmup_epochs < 0 or max_mid_channels < 1:
             raise ValueError("reviewkd options out of range: need warmup_epochs >= 0 and "
