@@ -38,6 +38,7 @@ from .checkpoint import (
     atomic_save,
     atomic_write_text,
     capture_rng,
+    head_of,
     load_checkpoint,
     load_state_dict_checked,
     load_teacher,
@@ -327,13 +328,16 @@ class _Trainer:
         cfg = self.cfg
         from .data import build_data
         from .methods import BuildContext, build_distiller
-        from .models import create_model, list_models
+        from .models import create_model, resolve_model
 
         spec = cfg.method_spec
         _check_method_args(spec, cfg.method_args)
         for flag, name in (("--model", cfg.model), ("--teacher-model", cfg.teacher_model)):
-            if name and name.lower() not in list_models():  # fail before loading any data
-                raise UserError(f"unknown model {name!r} ({flag}); choose one of: {', '.join(list_models())}")
+            if name:  # fail before loading any data (a pkg.module:factory path is imported here)
+                try:
+                    resolve_model(name)
+                except (UserError, ValueError) as e:
+                    raise UserError(f"{e} ({flag})") from e
         device_type = "cuda" if (cfg.device.startswith("cuda") or
                                  (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
         self.env = env = D.init(device_type)
@@ -453,7 +457,7 @@ class _Trainer:
     def _load_resume(self, ck: dict[str, Any]) -> None:
         sd, _ = split_checkpoint(ck)
         load_state_dict_checked(self.student, sd, f"resume checkpoint in {self.cfg.out!r}", self.cfg.model,
-                                getattr(self.student, "head_name", None))
+                                head_of(self.student))
         try:
             self.distiller.load_extras_state_dict(ck.get("extras") or {})
             self.optimizer.load_state_dict(ck["optimizer"])
@@ -733,7 +737,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
         net = build_deployable(obj).module  # SimKD: backbone + projector + the teacher's classifier
     else:
         net = create_model(arch, num_classes=ncls, in_channels=cin)
-        load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, getattr(net, "head_name", None))
+        load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, head_of(net))
     net.to(dev)
     t0 = time.perf_counter()
     res = evaluate(net, test_loader, dev, amp=amp)

@@ -8,18 +8,25 @@ would: a plain ``nn.Sequential`` CNN and two torchvision-style networks (ResNet 
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from engine_helpers import make_fashion_mnist
 from torch import nn
 
+from semckd.cli import main
+from semckd.config import resolve_config
 from semckd.engine import _check_method_args
 from semckd.features import FeatureTap, discover_head, model_layout
 from semckd.methods import BuildContext, build_distiller
-from semckd.models import create_model
+from semckd.models import create_model, list_models
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -262,3 +269,124 @@ def test_layer_names_of_any_form(mod_dir) -> None:
         FeatureTap(r, ["layer9"])
     with pytest.raises(ValueError, match=r"no module named 9 in Sequential; .*top level: 0, 1, 2.* 0\.\.8"):
         FeatureTap(s, [1, 9])
+
+
+# ---------------------------------------------------------------------- loading models by name
+def test_create_model_by_import_path_and_entry_point(mod_dir) -> None:
+    m = create_model("tmpmod:sequential", num_classes=7, in_channels=3)
+    assert m(torch.randn(2, 3, 12, 12)).shape == (2, 7)
+    x = torch.randn(2, 1, 28, 28)
+    assert create_model("tmpmod:vggish", num_classes=4, in_channels=1)(x).shape == (2, 4)
+    assert create_model("tmpmod:ResNetish", num_classes=5, in_channels=1)(x).shape == (2, 5)  # a class
+    ep = create_model("tmp_ep_net", num_classes=3, in_channels=1)  # semckd.models entry point
+    assert ep[0].out_channels == 12 and ep(torch.randn(2, 1, 28, 28)).shape == (2, 3)
+    assert "tmp_ep_net" not in list_models()  # the registry lists registered models only
+    with pytest.raises(ValueError, match="installed: tmp_ep_net, or name your own as pkg.module:factory"):
+        create_model("nope_net")
+    cfg, _ = resolve_config("distill", flags={"model": "tmpmod:sequential", "dataset": "fashion_mnist",
+                                              "teacher": "t.pt"})
+    assert cfg.out == str(Path("runs", "fashion_mnist", "tmpmod-sequential_semckd"))  # no ':' in folders
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    return str(make_fashion_mnist(tmp_path_factory.mktemp("owndata"), n_train=96, n_test=48))
+
+
+def _common(data: str, out: Path) -> list[str]:
+    return ["--dataset", "fashion_mnist", "--data-dir", data, "--device", "cpu", "--no-tensorboard",
+            "--epochs", "1", "--batch-size", "32", "--quiet", "--out", str(out)]
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("nosuchmod:f", "model 'nosuchmod:f': no module named 'nosuchmod'; run from the folder that holds it"),
+    ("tmpmod:nope", "model 'tmpmod:nope': 'tmpmod' has no attribute 'nope'; it defines: "),
+    ("tmpmod:NOT_CALLABLE", "'NOT_CALLABLE' is a int, not a callable that builds a model"),
+    ("tmpmod:not_a_model", "the factory returned int, not a torch.nn.Module"),
+    ("tmpmod:no_classes", "its factory must accept num_classes=N"),
+    ("tmpmod:", "expected MODULE:FACTORY"),
+    ("broken:f", "importing 'broken' failed (RuntimeError: boom at import)"),
+    ("tmpmod", "unknown model 'tmpmod'"),
+])
+def test_bad_model_names_are_one_line(mod_dir, data, tmp_path, capsys, model, expected) -> None:
+    rc = main(["train-teacher", *_common(data, tmp_path / "t"), "--model", model])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith("semckd: error: ") and expected in err, err
+    assert "(--model)" in err or "factory" in err
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.* is deprecated, still supported
+def test_cli_distil_eval_export_own_models(mod_dir, data, tmp_path, capsys) -> None:
+    t, s1, s2 = tmp_path / "t", tmp_path / "s1", tmp_path / "s2"
+    assert main(["train-teacher", *_common(data, t), "--model", "tmpmod:resnetish"]) == 0
+    assert main(["distill", *_common(data, s1), "--model", "tmpmod:sequential", "--teacher",
+                 str(t / "best.pt"), "--method", "semckd"]) == 0
+    run = json.loads((s1 / "run.json").read_text())
+    assert run["model"] == "tmpmod:sequential" and run["teacher_model"] == "tmpmod:resnetish"
+    assert "train_semckd" in json.loads((s1 / "metrics.jsonl").read_text().splitlines()[0])
+    # a plain state_dict teacher names its architecture with --teacher-model; layers/heads by method args
+    torch.save(torch.load(t / "best.pt", weights_only=True)["student"], tmp_path / "plain.pt")
+    assert main(["distill", *_common(data, s2), "--model", "tmpmod:vggish", "--teacher",
+                 str(tmp_path / "plain.pt"), "--teacher-model", "tmpmod:resnetish", "--method", "fitnet",
+                 "--method-args", "student_layers=[features.2,features.6,features]",
+                 "teacher_layers=[layer1,layer2,layer3]", "student_head=classifier.2",
+                 "teacher_head=fc"]) == 0
+    capsys.readouterr()
+    # eval and export need no --model: the checkpoint records the import path
+    assert main(["eval", "--checkpoint", str(s1 / "best.pt"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["model"] == "tmpmod:sequential" and res["test_acc"] == pytest.approx(run["best_acc"])
+    assert main(["export", str(s2), "--out", str(tmp_path / "exp"),
+                 "--format", "state_dict,torchscript"]) == 0
+    info = json.loads((tmp_path / "exp" / "model.json").read_text())
+    assert info["arch"] == "tmpmod:vggish"
+    net = mk("vggish")
+    net.load_state_dict(torch.load(tmp_path / "exp" / "student.pt", weights_only=True))
+    scripted = torch.jit.load(str(tmp_path / "exp" / "student.torchscript.pt"))
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(scripted(x), net.eval()(x))
+    # an installed entry point works the same way, and its name is what the checkpoint records
+    assert main(["train-teacher", *_common(data, tmp_path / "ep"), "--model", "tmp_ep_net",
+                 "--limit-train", "32"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "ep" / "best.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == "tmp_ep_net"
+    # a wrong layer name is one line naming the valid choices, not a traceback
+    rc = main(["distill", *_common(data, tmp_path / "bad"), "--model", "tmpmod:sequential", "--teacher",
+               str(t / "best.pt"), "--method", "fitnet", "--method-args", "student_layers=[1,30]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "no module named 30 in Sequential; use a name from model.named_modules() (top level: 0, 1" in err
+
+
+def test_semckd_executable_imports_from_the_current_folder(mod_dir, data, tmp_path) -> None:
+    """The console script (not ``python -m``) does not put the current folder on sys.path; a model
+    named by import path is still found there, and a run's checkpoint evaluates by itself."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mynets.py").write_text(MODULE)
+    launcher = tmp_path / "bin" / "semckd"
+    launcher.parent.mkdir()
+    launcher.write_text("import sys\nfrom semckd.cli import main\nsys.exit(main())\n")  # what pip writes
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SEMCKD_AMP": "none"}
+
+    def semckd(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(launcher), *argv], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    p = semckd("train-teacher", *_common(data, work / "t"), "--model", "mynets:sequential",
+               "--limit-train", "32")
+    assert p.returncode == 0, p.stderr
+    p = semckd("eval", "--checkpoint", "t/best.pt", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["model"] == "mynets:sequential"
+
+
+# ---------------------------------------------------------------------- the README section
+def test_readme_own_model_snippet_runs(mod_dir) -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Your own model", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert code, "README 'Your own model' has no python example"
+    exec(compile(code[0], "README.md", "exec"), {})  # noqa: S102 - our own documentation
