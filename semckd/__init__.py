@@ -2,7 +2,7 @@
 
 Public API::
 
-    from semckd import SemCKD, FeatureTap, discover_stages, create_model, list_models
+    from semckd import SemCKD, FeatureTap, discover_stages, model_layout, create_model, list_models
     from semckd import build_distiller, list_methods, Distiller
 
 Attributes are imported lazily so ``semckd --help`` and light submodules load fast.
@@ -19,6 +19,8 @@ _EXPORTS = {
     "SemCKD": "semckd.semckd",
     "FeatureTap": "semckd.features",
     "discover_stages": "semckd.features",
+    "discover_head": "semckd.features",
+    "model_layout": "semckd.features",
     "create_model": "semckd.models",
     "list_models": "semckd.models",
     "register_model": "semckd.models",

@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_text",
     "capture_rng",
     "fault_point",
+    "head_of",
     "is_temp_of",
     "load_checkpoint",
     "load_state_dict_checked",
@@ -151,6 +152,16 @@ def split_checkpoint(obj: Any, path: str | Path = "checkpoint"
                     "or a dict with a 'model'/'state_dict' entry)")
 
 
+def head_of(model: nn.Module) -> str | None:
+    """The classifier's name (declared, else the last ``nn.Linear``), for a clearer class-count error."""
+    from .features import discover_head
+
+    try:
+        return discover_head(model)
+    except ValueError:
+        return None
+
+
 def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], what: str, arch: str,
                             head_name: str | None = None) -> None:
     """Strict ``load_state_dict`` whose failure is one line naming expected vs found."""
@@ -221,8 +232,7 @@ def load_teacher(path: str | Path, *, arch: str | None, num_classes: int, in_cha
         raise UserError(f"teacher checkpoint {str(path)!r} takes {int(meta['in_channels'])}-channel images "
                         f"but {dataset} has {in_channels}; use a teacher trained on {dataset}")
     teacher = create_model(name, num_classes=num_classes, in_channels=in_channels)
-    load_state_dict_checked(teacher, sd, f"teacher checkpoint {str(path)!r}", name,
-                            getattr(teacher, "head_name", None))
+    load_state_dict_checked(teacher, sd, f"teacher checkpoint {str(path)!r}", name, head_of(teacher))
     meta = dict(meta, model=name)
     return teacher, meta
 

@@ -74,9 +74,11 @@ class TrainConfig:
     data_dir: str | None = _f(None, "folder holding the dataset files (default: $SEMCKD_DATA_DIR or ./data, "
                                     "then, for Fashion-MNIST, /usr/share/datasets/fashion-mnist)")
     download: bool = _f(False, "download the dataset if it is missing")
-    model: str = _f("", "student (or teacher, for train-teacher) architecture, e.g. resnet8x4")
+    model: str = _f("", "student (or teacher, for train-teacher) architecture: a zoo name (resnet8x4), "
+                        "your own factory as pkg.module:function, or a semckd.models entry point")
     teacher: str | None = _f(None, "teacher checkpoint (.pt) for distillation")
-    teacher_model: str | None = _f(None, "teacher architecture when the checkpoint does not name it")
+    teacher_model: str | None = _f(None, "teacher architecture (as --model) when the checkpoint does not "
+                                         "name it")
     method: str = _f("semckd", "distillation method, e.g. semckd, kd, or a combination semckd+crd")
     method_args: dict = _f({}, "method options as KEY=VALUE (e.g. beta=400 mode=batch_free)")
     # ---- optimisation
@@ -439,7 +441,8 @@ def resolve_config(
     if cfg.lr is None and cfg.model:
         cfg.lr = default_lr(cfg.model)
     if not cfg.out and cfg.model:
-        cfg.out = str(Path("runs") / cfg.dataset / f"{cfg.model}_{cfg.method_spec.replace('+', '-')}")
+        model = cfg.model.replace(":", "-")  # an import path pkg.mod:factory makes no odd folder name
+        cfg.out = str(Path("runs") / cfg.dataset / f"{model}_{cfg.method_spec.replace('+', '-')}")
     _validate(cfg)
     return cfg, explicit
 

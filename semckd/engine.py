@@ -39,6 +39,7 @@ from .checkpoint import (
     atomic_write_text,
     capture_rng,
     fault_point,
+    head_of,
     is_temp_of,
     load_checkpoint,
     load_state_dict_checked,
@@ -394,13 +395,16 @@ class _Trainer:
         cfg = self.cfg
         from .data import build_splits, train_targets
         from .methods import BuildContext, build_distiller
-        from .models import create_model, list_models
+        from .models import create_model, resolve_model
 
         spec = cfg.method_spec
         _check_method_args(spec, cfg.method_args)
         for flag, name in (("--model", cfg.model), ("--teacher-model", cfg.teacher_model)):
-            if name and name.lower() not in list_models():  # fail before loading any data
-                raise UserError(f"unknown model {name!r} ({flag}); choose one of: {', '.join(list_models())}")
+            if name:  # fail before loading any data (a pkg.module:factory path is imported here)
+                try:
+                    resolve_model(name)
+                except (UserError, ValueError) as e:
+                    raise UserError(f"{e} ({flag})") from e
         device_type = "cuda" if (cfg.device.startswith("cuda") or
                                  (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
         self.env = env = D.init(device_type)
@@ -547,7 +551,7 @@ class _Trainer:
     def _load_resume(self, ck: dict[str, Any]) -> None:
         sd, _ = split_checkpoint(ck)
         load_state_dict_checked(self.student, sd, f"resume checkpoint in {self.cfg.out!r}", self.cfg.model,
-                                getattr(self.student, "head_name", None))
+                                head_of(self.student))
         per_rank = ck.get("rng_per_rank") or []
         saved_ws = int(ck.get("world_size") or max(len(per_rank), 1))
         ws = self.env.world_size
@@ -923,7 +927,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
         net = build_deployable(obj).module  # SimKD: backbone + projector + the teacher's classifier
     else:
         net = create_model(arch, num_classes=ncls, in_channels=cin)
-        load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, getattr(net, "head_name", None))
+        load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, head_of(net))
     net.to(dev)
     t0 = time.perf_counter()
     res = evaluate(net, test_loader, dev, amp=amp)

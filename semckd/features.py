@@ -8,12 +8,14 @@ editing it.
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["FeatureTap", "discover_stages", "unwrap"]
+__all__ = ["FeatureTap", "LayerName", "discover_head", "discover_stages", "model_layout", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -37,25 +39,72 @@ def _unwrap_name(name: str, modules: dict[str, nn.Module]) -> str:
     return name
 
 
-def _resolve(model: nn.Module, names: Sequence[str]) -> tuple[list[str], list[nn.Module]]:
+LayerName = str | int
+"""A module of a model: its dotted path in ``named_modules()`` (``"layer1.0.conv1"``, ``"features[3]"``),
+or an integer index among the model's top-level children (``3`` or ``"3"``: an ``nn.Sequential`` index;
+negative counts from the end)."""
+
+
+def _as_names(names: Sequence[LayerName] | LayerName | None) -> list[LayerName]:
+    """One name or a list of names (``student_layers=layer1`` and ``=[1,3,5]`` both work)."""
+    if names is None:
+        return []
+    if isinstance(names, (str, int)):
+        return [names]
+    return list(names)
+
+
+def _layer_name(name: LayerName, base: nn.Module, modules: dict[str, nn.Module]) -> str | None:
+    """The ``named_modules()`` key ``name`` refers to, or None."""
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        return None
+    text = re.sub(r"\[\s*(-?\d+)\s*\]", r".\1", str(name).strip()).strip(".")  # features[3] → features.3
+    if text in modules:
+        return text
+    text = _unwrap_name(text, modules)
+    if text in modules:
+        return text
+    if re.fullmatch(r"-?\d+", text):  # index of a top-level child (nn.Sequential: 0, 1, ..., -1)
+        children = [n for n, _ in base.named_children()]
+        i = int(text)
+        if -len(children) <= i < len(children):
+            return children[i]
+    return None
+
+
+def _resolve(model: nn.Module, names: Sequence[LayerName]) -> tuple[list[str], list[nn.Module]]:
     """Map names to modules of the unwrapped model; returns the unwrapped names and the modules."""
-    modules = dict(unwrap(model).named_modules())
-    names = [_unwrap_name(n, modules) for n in names]
-    missing = [n for n in names if n not in modules]
-    if missing:
-        sample = ", ".join(list(k for k in modules if k)[:12])
-        raise ValueError(
-            f"no module named {missing[0]!r} in {type(unwrap(model)).__name__}; "
-            f"use names from model.named_modules() (e.g. {sample}, ...)"
-        )
-    return names, [modules[n] for n in names]
+    base = unwrap(model)
+    modules = dict(base.named_modules())
+    out: list[str] = []
+    for n in names:
+        key = _layer_name(n, base, modules)
+        if key is None:
+            raise ValueError(f"no module named {n!r} in {type(base).__name__}{_hint(n, base, modules)}")
+        out.append(key)
+    return out, [modules[n] for n in out]
+
+
+def _hint(name: object, base: nn.Module, modules: dict[str, nn.Module]) -> str:
+    """What to write instead: a close match, else a sample of valid names (one line)."""
+    valid = [k for k in modules if k]
+    numeric = isinstance(name, int) or re.fullmatch(r"\s*-?\d+\s*", str(name)) is not None
+    close = [] if numeric else difflib.get_close_matches(str(name), valid, n=1)
+    did = f" (did you mean {close[0]!r}?)" if close else ""
+    children = [n for n, _ in base.named_children()]
+    top = ", ".join(children[:12]) + (", ..." if len(children) > 12 else "")
+    nested = next((k for k in valid if "." in k), None)
+    how = f"top level: {top}" + (f"; nested as dotted paths, e.g. {nested}" if nested else "")
+    idx = f" or a top-level index 0..{len(children) - 1}" if children else ""
+    return f"{did}; use a name from model.named_modules() ({how}){idx}"
 
 
 class FeatureTap:
     """Collect outputs (and optionally inputs) of named submodules on every forward pass.
 
     ``names=None`` uses the model's declared ``stage_names`` (every zoo model has them); for other models
-    call :func:`discover_stages` once. After each forward, ``tap.features`` holds the outputs in the order
+    call :func:`discover_stages` once. A name is a dotted module path or a top-level child's index
+    (see :data:`LayerName`). After each forward, ``tap.features`` holds the outputs in the order
     of ``names`` and ``tap.inputs`` the first positional input of each module in ``input_of`` (e.g. the
     classifier, whose input is the pooled embedding). Use as a context manager, or call ``remove()``.
     """
@@ -63,9 +112,9 @@ class FeatureTap:
     def __init__(
         self,
         model: nn.Module,
-        names: Sequence[str] | None = None,
+        names: Sequence[LayerName] | LayerName | None = None,
         *,
-        input_of: Sequence[str] = (),
+        input_of: Sequence[LayerName] | LayerName = (),
         detach: bool = False,
     ) -> None:
         base = unwrap(model)
@@ -76,8 +125,8 @@ class FeatureTap:
                     f"{type(base).__name__} declares no stage_names; pass names=... or use "
                     "semckd.discover_stages(model, example_input)"
                 )
-        self.names, out_mods = _resolve(base, names)
-        self.input_names, in_mods = _resolve(base, input_of)
+        self.names, out_mods = _resolve(base, _as_names(names))
+        self.input_names, in_mods = _resolve(base, _as_names(input_of))
         self.detach = detach
         self._out: list[torch.Tensor | None] = [None] * len(self.names)
         self._in: list[torch.Tensor | None] = [None] * len(self.input_names)
@@ -141,26 +190,32 @@ class FeatureTap:
         self.remove()
 
 
-@torch.no_grad()
-def discover_stages(model: nn.Module, example_input: torch.Tensor) -> list[str]:
-    """Find stage outputs: the last module to finish at each spatial resolution in one dry run.
+_RESAMPLERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
-    Forward hooks fire when a module *finishes*, so a block container (``layer1``) finishes after its
-    children and is picked over them. 1×1 maps (global pooling) are not stages. Every module's train/eval
-    mode is restored afterwards; BN statistics are not touched (the dry run is in eval mode). Names are
-    those of the unwrapped model (no ``module.`` prefix under DDP).
-    """
+
+@torch.no_grad()
+def _dry_run(model: nn.Module, example_input: torch.Tensor
+             ) -> tuple[list[tuple[str, tuple[int, int]]], list[str]]:
+    """One eval-mode forward: (stage candidates in finishing order with their resolution, nn.Linear
+    modules in finishing order). Modules that run more than once (a ReLU shared by a block's two
+    convolutions) are not candidates: a tap on them would see only their last call."""
     base = unwrap(model)
     order: list[tuple[str, tuple[int, int]]] = []
+    linears: list[str] = []
+    calls: dict[str, int] = {}
     handles = []
     for name, mod in base.named_modules():
         if not name:
             continue
 
-        def hook(_m, _i, out, name=name):
+        def hook(m, _i, out, name=name):
+            calls[name] = calls.get(name, 0) + 1
+            if isinstance(m, nn.Linear):
+                linears.append(name)
             if isinstance(out, (tuple, list)) and out:
                 out = out[0]
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
+            if (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
+                    and not isinstance(m, _RESAMPLERS)):  # adaptive pooling resamples, it is no stage
                 order.append((name, (int(out.shape[-2]), int(out.shape[-1]))))
 
         handles.append(mod.register_forward_hook(hook))
@@ -173,11 +228,77 @@ def discover_stages(model: nn.Module, example_input: torch.Tensor) -> list[str]:
             m.training = mode
         for h in handles:
             h.remove()
+    return [(n, r) for n, r in order if calls[n] == 1], linears
+
+
+def _stages_from(order: list[tuple[str, tuple[int, int]]]) -> list[str]:
     stages: list[str] = []
     for k, (name, res) in enumerate(order):
         nxt = order[k + 1][1] if k + 1 < len(order) else None
         if nxt != res and name not in stages:
             stages.append(name)
-    if not stages:
-        raise ValueError(f"{type(base).__name__} produced no 4-D feature maps; pass tap names explicitly")
     return stages
+
+
+def discover_stages(model: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Find stage outputs: the last module to finish at each spatial resolution in one dry run.
+
+    Forward hooks fire when a module *finishes*, so a block container (``layer1``) finishes after its
+    children and is picked over them. 1×1 maps (global pooling), adaptive-pooling outputs and modules
+    called more than once per forward are not stages. Every module's train/eval mode is restored
+    afterwards; BN statistics are not touched (the dry run is in eval mode). Names are those of the
+    unwrapped model (no ``module.`` prefix under DDP).
+    """
+    stages = _stages_from(_dry_run(model, example_input)[0])
+    if not stages:
+        raise ValueError(f"{type(unwrap(model)).__name__} produced no 4-D feature maps; "
+                         "pass tap names explicitly")
+    return stages
+
+
+def discover_head(model: nn.Module, example_input: torch.Tensor | None = None) -> str:
+    """The classifier: the model's declared ``head_name``, else its last ``nn.Linear``.
+
+    With ``example_input`` "last" means last to run in a dry run (robust to a model that registers
+    its classifier before its features); without, last in registration order.
+    """
+    base = unwrap(model)
+    declared = getattr(base, "head_name", None)
+    if isinstance(declared, str):
+        return declared
+    if example_input is not None:
+        linears = _dry_run(base, example_input)[1]
+    else:
+        linears = [n for n, m in base.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise _no_head(base)
+    return linears[-1]
+
+
+def _no_head(base: nn.Module) -> ValueError:
+    return ValueError(f"{type(base).__name__} has no nn.Linear classifier to tap; name the module whose "
+                      "input is the pooled embedding with --method-args student_head=NAME "
+                      "(teacher_head=NAME for the teacher)")
+
+
+def model_layout(model: nn.Module, example_input: torch.Tensor,
+                 layers: Sequence[LayerName] | LayerName | None = None,
+                 head: LayerName | None = None) -> tuple[list[LayerName], LayerName]:
+    """The stage layers and classifier a method taps on ``model``: what is given, else what the model
+    declares (``stage_names``/``head_name``), else discovered from one dry run on ``example_input``
+    (stages: :func:`discover_stages`; head: the last ``nn.Linear`` to run). Any model works unedited."""
+    base = unwrap(model)
+    names = _as_names(layers) if layers is not None else getattr(base, "stage_names", None)
+    head = head if head is not None else getattr(base, "head_name", None)
+    if names is None or head is None:
+        order, linears = _dry_run(base, example_input[:2])
+        if names is None:
+            names = _stages_from(order)
+            if not names:
+                raise ValueError(f"{type(base).__name__} produced no 4-D feature maps to distil; name the "
+                                 "layers with --method-args student_layers=[...] / teacher_layers=[...]")
+        if head is None:
+            if not linears:
+                raise _no_head(base)
+            head = linears[-1]
+    return list(names), head

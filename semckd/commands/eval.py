@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="semckd checkpoint or state_dict (.pt)")
     p.add_argument("--dataset", default=None, help="dataset (default: the one the checkpoint was trained on)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the training run's)")
-    p.add_argument("--model", default=None, help="architecture, for checkpoints that do not name it")
+    p.add_argument("--model", default=None,
+                   help="architecture (zoo name or pkg.module:factory), for checkpoints that do not name it")
     p.add_argument("--batch-size", type=int, default=256, help="test batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--amp", default="auto", choices=list(AMP_CHOICES),

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureTap, unwrap
+from ..features import FeatureTap, LayerName, model_layout, unwrap
 from ..precision import state_writes_guard
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Distiller",
     "Outputs",
     "build_distiller",
+    "declares_stages",
     "kd_loss",
     "list_methods",
     "register_method",
@@ -68,16 +69,19 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float =
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
 
-def _head_name(model: nn.Module) -> str:
-    name = getattr(unwrap(model), "head_name", None)
-    if name is None:
-        raise ValueError(f"{type(unwrap(model)).__name__} declares no head_name (its final nn.Linear); "
-                         "pass head_name=... for models outside the zoo")
-    return name
+def declares_stages(model: nn.Module | None) -> bool:
+    """Whether ``model`` names its stages (zoo models: stem first, which methods following the authors
+    skip); layers discovered on other models, like layers named explicitly, are all used."""
+    return model is None or getattr(unwrap(model), "stage_names", None) is not None
 
 
 class Distiller(nn.Module):
     """Base class: CE on the labels, optional Hinton KD, and the method's own terms.
+
+    Layers are tapped by name: ``student_layers``/``teacher_layers`` (dotted module paths or top-level
+    child indices) and ``student_head``/``teacher_head`` (``head_name`` sets both) default to what the
+    model declares (``stage_names``/``head_name``) and, for a model that declares nothing, to what one
+    dry run finds (:func:`semckd.features.model_layout`).
 
     Subclasses set ``name`` and ``paper`` and override :meth:`distill_losses` (and, only if the method
     changes the forward pass itself, :meth:`forward`). Constructor keyword arguments are the method's
@@ -102,8 +106,11 @@ class Distiller(nn.Module):
         kd_weight: float = 0.0,
         temperature: float = 4.0,
         logit_std: bool = False,
-        student_layers: list[str] | None = None,
-        teacher_layers: list[str] | None = None,
+        student_layers: list[LayerName] | None = None,
+        teacher_layers: list[LayerName] | None = None,
+        student_head: LayerName | None = None,
+        teacher_head: LayerName | None = None,
+        head_name: LayerName | None = None,
         _taps: tuple[FeatureTap, FeatureTap | None] | None = None,
     ) -> None:
         super().__init__()
@@ -122,9 +129,19 @@ class Distiller(nn.Module):
         if _taps is not None:
             self.s_tap, self.t_tap = _taps
         else:
-            self.s_tap = FeatureTap(student, student_layers, input_of=[_head_name(student)])
-            self.t_tap = (FeatureTap(teacher, teacher_layers, input_of=[_head_name(teacher)], detach=True)
-                          if teacher is not None else None)
+            # layers/head: as given, else the model's declared stage_names/head_name, else discovered
+            # from one dry run (any nn.Module works without editing it)
+            x = ctx.example_input
+            s_layers, s_head = model_layout(student, x, student_layers,
+                                            head_name if student_head is None else student_head)
+            self.s_tap = FeatureTap(student, s_layers, input_of=[s_head])
+            self.t_tap = None
+            if teacher is not None:
+                t_layers, t_head = model_layout(teacher, x, teacher_layers,
+                                                head_name if teacher_head is None else teacher_head)
+                self.t_tap = FeatureTap(teacher, t_layers, input_of=[t_head], detach=True)
+        self.s_head_name: str = self.s_tap.input_names[0]
+        self.t_head_name: str | None = self.t_tap.input_names[0] if self.t_tap is not None else None
 
     # ------------------------------------------------------------------ forward passes
     def student_forward(self, images: torch.Tensor) -> Outputs:

@@ -23,12 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..features import _as_names
 from .base import BuildContext, Distiller, Outputs, _check_options, get_method
 
 __all__ = ["Combined"]
 
 _FORWARD_HOOKS = ("forward", "student_forward", "teacher_forward")
-_TAP_OPTIONS = ("student_layers", "teacher_layers")
+_TAP_OPTIONS = ("student_layers", "teacher_layers", "student_head", "teacher_head", "head_name")
 
 
 def _changes_forward(cls: type[Distiller]) -> str | None:
@@ -84,12 +85,13 @@ class Combined(Distiller):
         for key in _TAP_OPTIONS:
             given = {m: method_options[m][key] for m in methods
                      if method_options.get(m, {}).get(key) is not None}
-            values = {tuple(v) for v in given.values()}
+            values = {tuple(_as_names(v)) if key.endswith("_layers") else v for v in given.values()}
             if len(values) > 1:
                 raise ValueError(f"combined methods must tap the same layers; {key} differs between "
                                  f"{' and '.join(given)} — give it once, to one method")
             if values:
-                tap_kw[key] = list(values.pop())
+                v = values.pop()
+                tap_kw[key] = list(v) if key.endswith("_layers") else v
         super().__init__(student, teacher, ctx, ce_weight=0.0, kd_weight=0.0, **tap_kw)
         self.method_names = methods
         self.parts = nn.ModuleDict()

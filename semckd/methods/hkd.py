@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs, declares_stages, register_method
 
 __all__ = ["HKD", "PAIRINGS", "information_flow_loss"]
 
@@ -92,7 +92,9 @@ class HKD(Distiller):
         if pairing not in PAIRINGS:
             raise ValueError(f"hkd pairing {pairing!r} is unknown; use one of {', '.join(PAIRINGS)}")
         self.pairing = pairing
-        self._explicit_layers = kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
+        # named layers, or layers discovered on a model that declares no stage_names, are all used
+        self._explicit_layers = (kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
+                                 or not declares_stages(student) or not declares_stages(teacher))
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
         self.init_weight = init_weight

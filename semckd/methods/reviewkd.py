@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureTap, unwrap
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs, declares_stages, register_method
 
 __all__ = ["ABF", "ReviewKD", "hcl_loss"]
 
@@ -95,7 +95,9 @@ class ReviewKD(Distiller):
                  ce_weight: float = 1.0, kd_weight: float = 0.0, beta: float = 1.0,
                  warmup_epochs: float = 20.0, max_mid_channels: int = 512, teacher_preact: bool = True,
                  **kw) -> None:
-        self._explicit_layers = kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
+        # named layers, or layers discovered on a model that declares no stage_names, are all used
+        self._explicit_layers = (kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
+                                 or not declares_stages(student) or not declares_stages(teacher))
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.teacher_preact = teacher_preact
         preact_names = getattr(unwrap(teacher), "preact_stage_names", None) if teacher is not None else None

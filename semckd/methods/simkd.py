@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import unwrap
-from .base import BuildContext, Distiller, Outputs, _head_name, register_method
+from .base import BuildContext, Distiller, Outputs, register_method
 
 __all__ = ["SimKD", "SimKDProjector", "SimKDStudent"]
 
@@ -115,10 +115,10 @@ class SimKD(Distiller):
             raise ValueError(f"simkd factor must be >= 1 (the paper uses 2), got {factor}")
         assert teacher is not None
         self.beta = beta
-        t_head = dict(unwrap(teacher).named_modules())[_head_name(teacher)]
+        t_head = dict(unwrap(teacher).named_modules())[self.t_head_name]
         if not isinstance(t_head, nn.Linear):
             raise ValueError(f"simkd reuses the teacher's classifier, which must be an nn.Linear; "
-                             f"{_head_name(teacher)!r} is {type(t_head).__name__}")
+                             f"{self.t_head_name!r} is {type(t_head).__name__}")
         s, t = self.probe(ctx.example_input)
         assert t is not None
         s_c, t_c = s.feats[-1].shape[1], t.feats[-1].shape[1]
@@ -128,7 +128,7 @@ class SimKD(Distiller):
                              "into the classifier>] (e.g. 'conv2' for mobilenetv2)")
         self.projector = SimKDProjector(s_c, t_c, factor).to(ctx.example_input.device)
         # the student's own classifier is discarded by SimKD: freeze it so no optimizer/DDP touches it
-        s_head = dict(unwrap(student).named_modules())[_head_name(student)]
+        s_head = dict(unwrap(student).named_modules())[self.s_head_name]
         for p in s_head.parameters():
             p.requires_grad_(False)
         self._t_head = [t_head]  # a list: not registered twice (it already lives inside the teacher)

@@ -7,13 +7,28 @@ Every registered model is an ordinary ``nn.Module`` that also declares
 * ``head_name``: module name of the final classifier (``nn.Linear``); its *input* is the pooled embedding.
 
 so feature taps work with zero configuration and no special forward signature.
+
+A model outside the zoo needs no registration to be used from the CLI or a config: a name of the form
+``pkg.module:factory`` is imported, and installed packages can publish factories under the
+``semckd.models`` entry-point group. Either factory is called like a zoo constructor (``num_classes``,
+and ``in_channels`` when it accepts it) and may return any ``nn.Module``; models that declare no
+``stage_names``/``head_name`` get them from a dry run (:func:`semckd.features.model_layout`).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import sys
 from collections.abc import Callable
+from importlib import metadata
 
 from torch import nn
+
+from ..errors import UserError
+
+ENTRY_POINT_GROUP = "semckd.models"
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -31,16 +46,113 @@ def register_model(name: str | None = None) -> Callable[[Callable[..., nn.Module
     return deco
 
 
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    """Factories installed packages publish under ``[project.entry-points."semckd.models"]``."""
+    return {ep.name.lower(): ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, sorted."""
+    """Registered names (the zoo and ``@register_model``), sorted. :func:`create_model` also accepts
+    ``pkg.module:factory`` import paths and installed ``semckd.models`` entry points."""
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build a registered model; unknown names fail with the list of valid ones."""
+def is_import_path(name: str) -> bool:
+    """``pkg.module:factory`` (a colon) names a factory to import rather than a registered model."""
+    return ":" in name
+
+
+def _import_factory(spec: str) -> Callable[..., nn.Module]:
+    mod_name, _, attr = spec.partition(":")
+    mod_name, attr = mod_name.strip(), attr.strip()
+    if not mod_name or not attr:
+        raise UserError(f"model {spec!r}: expected MODULE:FACTORY, e.g. mypkg.nets:build_student")
+    try:
+        try:
+            obj = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            # the `semckd` executable, unlike `python -m`, does not see the current folder: look there too
+            cwd = os.getcwd()
+            if e.name != mod_name.split(".")[0] or "" in sys.path or cwd in sys.path:
+                raise
+            sys.path.append(cwd)
+            obj = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            raise UserError(f"model {spec!r}: no module named {e.name!r}; run from the folder that holds it "
+                            "or add that folder to PYTHONPATH") from e
+        raise UserError(f"model {spec!r}: importing {mod_name!r} failed: {e}") from e
+    except Exception as e:  # noqa: BLE001 - the user's module may raise anything at import time
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise UserError(f"model {spec!r}: importing {mod_name!r} failed ({type(e).__name__}: {first}); "
+                        "SEMCKD_DEBUG=1 shows the traceback") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = sorted(k for k, v in vars(obj).items() if callable(v) and not k.startswith("_"))
+            raise UserError(f"model {spec!r}: {mod_name!r} has no attribute {attr!r}; "
+                            f"it defines: {', '.join(names[:12]) or 'nothing callable'}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable that builds a "
+                        "model; point at a function or an nn.Module class")
+    return obj
+
+
+def resolve_model(name: str) -> Callable[..., nn.Module]:
+    """The constructor ``name`` refers to: a registered model (case-insensitive), an import path
+    ``pkg.module:factory``, or a ``semckd.models`` entry point. Unknown names fail with one line."""
+    if is_import_path(name):
+        return _import_factory(name)
     key = name.lower()
-    if key not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    model = _MODELS[key](num_classes=num_classes, in_channels=in_channels, **kwargs)
-    model.model_name = key  # type: ignore[assignment]
+    if key in _MODELS:
+        return _MODELS[key]
+    eps = _entry_points()
+    if key in eps:
+        try:
+            fn = eps[key].load()
+        except Exception as e:  # noqa: BLE001 - the installed package may raise anything
+            raise UserError(f"model {name!r}: loading entry point {eps[key].value!r} failed "
+                            f"({type(e).__name__}: {e})") from e
+        if not callable(fn):
+            raise UserError(f"model {name!r}: entry point {eps[key].value!r} is not callable")
+        return fn
+    installed = f", installed: {', '.join(sorted(eps))}" if eps else ""
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}{installed}, "
+                     "or name your own as pkg.module:factory")
+
+
+def _accepts(fn: Callable[..., object], arg: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: assume the zoo convention
+        return True
+    return any(p.name == arg or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a model by name (see :func:`resolve_model`); unknown names fail with the list of valid ones.
+
+    A factory is called with ``num_classes`` (and ``in_channels`` when it accepts it), so a user's
+    function for single-channel data may simply omit that argument.
+    """
+    fn = resolve_model(name)
+    foreign = name.lower() not in _MODELS
+    if foreign:
+        if not _accepts(fn, "num_classes"):
+            raise UserError(f"model {name!r}: its factory must accept num_classes=N (the dataset's class "
+                            "count); add that parameter")
+        if "in_channels" not in kwargs and _accepts(fn, "in_channels"):
+            kwargs["in_channels"] = in_channels
+        try:
+            model = fn(num_classes=num_classes, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise UserError(f"model {name!r}: building it with num_classes={num_classes} failed "
+                            f"({type(e).__name__}: {first}); SEMCKD_DEBUG=1 shows the traceback") from e
+        if not isinstance(model, nn.Module):
+            raise UserError(f"model {name!r}: the factory returned {type(model).__name__}, not a "
+                            "torch.nn.Module")
+        return model
+    model = fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    model.model_name = name.lower()  # type: ignore[assignment]
     return model
