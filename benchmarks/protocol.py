@@ -155,7 +155,7 @@ def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: in
 
 def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, Any], seed: int,
              out_dir: Path, results: Path, info: dict[str, Any]) -> dict[str, Any]:
-    from semckd.engine import train
+    from semckd.engine import NonFiniteLossError, train
 
     label = cell_label(values) or "default"
     run_dir = out_dir / name / method.replace("+", "-") / label / f"seed{seed}"
@@ -170,14 +170,21 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
             cfg = dataclasses.replace(cfg, force=True)
         print(f"[{name}] {method} {label} seed {seed} → {run_dir}", flush=True)
         t0 = time.time()
-        run = train(cfg)
-        print(f"[{name}] {method} {label} seed {seed}: val {run['best_val_acc']:.2f} "
-              f"test {run['best_acc']:.2f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
+        try:
+            run = train(cfg)
+        except NonFiniteLossError as e:  # a diverged setting is a result too: recorded, never selected
+            print(f"[{name}] {method} {label} seed {seed}: diverged ({e})", flush=True)
+            run = {"best_val_acc": None, "best_acc": None, "diverged": str(e).splitlines()[0],
+                   "train_time_s": time.time() - t0}
+        if run.get("best_val_acc") is not None:
+            print(f"[{name}] {method} {label} seed {seed}: val {run['best_val_acc']:.2f} "
+                  f"test {run['best_acc']:.2f} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
     rec = {"table": name, "method": method, "values": values, "label": label, "seed": seed,
            "best_val_acc": run.get("best_val_acc"), "best_acc": run.get("best_acc"),
            "final_acc": run.get("final_acc"), "best_epoch": run.get("best_epoch"),
-           "train_time_s": run.get("train_time_s"), "method_args": cfg.method_args, "amp": run.get("amp"),
+           "train_time_s": run.get("train_time_s"), "diverged": run.get("diverged"),
+           "method_args": cfg.method_args, "amp": run.get("amp"),
            "epochs": cfg.epochs, "limit_train": cfg.limit_train, "val_split": cfg.val_split, **info}
     _append(results, rec)
     return rec
@@ -222,7 +229,9 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
         sel = selected_values(recs, m, grid)
         rs = [r for r in recs if r["method"] == m and sel is not None and r["values"] == sel]
         tune = [r for r in recs if r["method"] == m and r["seed"] == 0]
-        tuned = (", ".join(f"{cell_label(r['values'])}: {r['best_val_acc']:.2f}" for r in tune)
+        tuned = (", ".join(f"{cell_label(r['values'])}: "
+                           + ("diverged" if r.get("best_val_acc") is None else f"{r['best_val_acc']:.2f}")
+                           for r in tune)
                  if grid else "—")
         rows.append((m, tuned, cell_label(sel) if sel else ("—" if not grid else "(tuning)"), rs))
         if len(rs) == len(SEEDS):
