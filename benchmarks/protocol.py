@@ -184,7 +184,7 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
            "best_val_acc": run.get("best_val_acc"), "best_acc": run.get("best_acc"),
            "final_acc": run.get("final_acc"), "best_epoch": run.get("best_epoch"),
            "train_time_s": run.get("train_time_s"), "diverged": run.get("diverged"),
-           "method_args": cfg.method_args, "amp": run.get("amp"),
+           "method_args": cfg.method_args, "amp": run.get("amp") or cfg.amp,
            "epochs": cfg.epochs, "limit_train": cfg.limit_train, "val_split": cfg.val_split, **info}
     _append(results, rec)
     return rec
@@ -249,7 +249,7 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
                      f"{_ms([r['best_val_acc'] for r in rs])} | "
                      f"{_ms([r['best_acc'] for r in rs])} | "
                      f"{per_seed} | {ari} | {f'{statistics.fmean(t):.0f} s' if t else '—'} |")
-    kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("commit")) for r in recs})
+    kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("commit")) for r in recs}, key=str)
     lines += ["", "Machines (cpu, native bf16, precision, commit): "
               + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {k}" for c, b, a, k in kinds)]
     return "\n".join(lines) + "\n"
