@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from semckd.config import resolve_config, scaled_milestones  # noqa: E402
-from semckd.sweep import cell_label, select_value, summarise  # noqa: E402
+from semckd.sweep import cell_label, grid_points, select_value, summarise  # noqa: E402
 
 TEACHER = ROOT / "semckd" / "weights" / "fashion_mnist_resnet20.pt"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -198,9 +198,7 @@ def selected_values(recs: list[dict[str, Any]], method: str, grid: dict[str, lis
     """The grid point chosen on validation accuracy of the seed-0 tuning runs (None until all ran)."""
     if not grid:
         return {}
-    import itertools
-
-    points = [dict(zip(grid, c, strict=True)) for c in itertools.product(*grid.values())]
+    points = grid_points(grid)
     tuning = [r for r in recs if r["method"] == method and r["seed"] == 0]
     summary = summarise(tuning, points)
     if any(not s["seeds"] for s in summary):
@@ -287,32 +285,29 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     new = 0
     if not a.report:
+        def run(m: str, values: dict[str, Any], seed: int) -> bool:
+            """Run one cell unless it is recorded; False once --max-runs is reached."""
+            nonlocal new
+            if _has(read_results(results), m, values, seed):
+                return True
+            if a.max_runs is not None and new >= a.max_runs:
+                return False
+            run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
+            new += 1
+            md.write_text(table_md(name, read_results(results), table))
+            return True
+
         for m in methods:
             grid = grid_for(table, m)
-            import itertools
-
-            points = [dict(zip(grid, c, strict=True)) for c in itertools.product(*grid.values())] or [{}]
+            points = grid_points(grid)
             plan = ([(v, s) for v in points for s in SEEDS] if name == "warmup" or not grid
                     else [(v, 0) for v in points])
-            for values, seed in plan:
-                recs = read_results(results)
-                if _has(recs, m, values, seed):
-                    continue
-                if a.max_runs is not None and new >= a.max_runs:
-                    break
-                run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
-                new += 1
-                md.write_text(table_md(name, read_results(results), table))
+            if not all(run(m, values, seed) for values, seed in plan):
+                continue
             if grid and name != "warmup":
                 sel = selected_values(read_results(results), m, grid)
-                for seed in SEEDS[1:]:
-                    if sel is None or _has(read_results(results), m, sel, seed):
-                        continue
-                    if a.max_runs is not None and new >= a.max_runs:
-                        break
-                    run_cell(name, table, m, sel, seed, Path(a.out_dir), results, info)
-                    new += 1
-                    md.write_text(table_md(name, read_results(results), table))
+                if sel is not None:
+                    all(run(m, sel, seed) for seed in SEEDS[1:])
     text = table_md(name, read_results(results), table)
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(text)

@@ -27,7 +27,7 @@ from typing import Any
 from .config import TrainConfig, _parse_scalar
 from .errors import UserError
 
-__all__ = ["SweepResult", "cell_label", "parse_grid", "run_sweep", "select_value", "summarise"]
+__all__ = ["SweepResult", "cell_label", "grid_points", "parse_grid", "run_sweep", "select_value", "summarise"]
 
 
 def _split_values(text: str) -> list[str]:
@@ -65,6 +65,11 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     if not grid:
         raise UserError("semckd sweep needs at least one --grid KEY=V1,V2,...")
     return grid
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every point of the grid's product, in grid order (``{}`` alone for an empty grid)."""
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
 
 
 def cell_label(values: dict[str, Any]) -> str:
@@ -219,7 +224,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     from .report import write_text_atomic
 
     out = Path(out)
-    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    points = grid_points(grid)
     for values in points:  # every option name checked before the first run starts
         args = base.method_args
         for k, v in values.items():

@@ -122,3 +122,18 @@ def register_probe_methods() -> None:
 
     register_method(Probe)
     register_method(ProbeT)
+
+
+def tiny_distill_setup(root: Path) -> tuple[Path, str, str]:
+    """``(root, data_dir, teacher_checkpoint)``: tiny IDX data and a wide tiny teacher saved in the
+    engine's checkpoint format, for subprocess distillation runs."""
+    from semckd.checkpoint import FORMAT
+
+    register_tiny()
+    register_probe_methods()
+    data = make_fashion_mnist(root / "data", n_train=160, n_test=64)
+    torch.manual_seed(1)
+    teacher = root / "teacher.pt"
+    torch.save({"format": FORMAT, "model": TINY + "_wide", "num_classes": 10, "in_channels": 1,
+                "student": TinyNet(10, 1, width=12).state_dict()}, teacher)
+    return root, str(data), str(teacher)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import TINY, TinyNet, make_fashion_mnist, register_probe_methods, register_tiny
+from engine_helpers import (
+    TINY,
+    tiny_distill_setup,
+)
 
-from semckd.checkpoint import FORMAT
 from semckd.cli import main
 
 TESTS = Path(__file__).resolve().parent
@@ -23,15 +25,7 @@ ROOT = TESTS.parent
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    register_tiny()
-    register_probe_methods()
-    root = tmp_path_factory.mktemp("resume")
-    data = make_fashion_mnist(root / "data", n_train=160, n_test=64)
-    torch.manual_seed(1)
-    teacher = root / "teacher.pt"
-    torch.save({"format": FORMAT, "model": TINY + "_wide", "num_classes": 10, "in_channels": 1,
-                "student": TinyNet(10, 1, width=12).state_dict()}, teacher)
-    return root, str(data), str(teacher)
+    return tiny_distill_setup(tmp_path_factory.mktemp("resume"))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,7 +88,7 @@ _KILLER = """
 import sys, time, torch
 sys.path[:0] = [{tests!r}, {root!r}]
 torch.set_num_threads(1)
-from engine_helpers import register_tiny, register_probe_methods
+from engine_helpers import register_tiny, register_probe_methods, tiny_distill_setup
 register_tiny(); register_probe_methods()
 import semckd.engine as E
 orig = E._Trainer._train_epoch
@@ -151,7 +145,7 @@ _FAULTED = """
 import sys, torch
 sys.path[:0] = [{tests!r}, {root!r}]
 torch.set_num_threads(1)
-from engine_helpers import register_tiny, register_probe_methods
+from engine_helpers import register_tiny, register_probe_methods, tiny_distill_setup
 register_tiny(); register_probe_methods()
 from semckd.cli import main
 sys.exit(main({argv!r}))

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from engine_helpers import TINY, TinyNet, make_fashion_mnist, register_probe_methods, register_tiny
+from engine_helpers import (
+    TINY,
+    tiny_distill_setup,
+)
 
-from semckd.checkpoint import FORMAT
 from semckd.cli import main
 from semckd.engine import _Metrics, evaluate_checkpoint
 from semckd.report import build_report, group_runs, load_run
@@ -21,15 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    register_tiny()
-    register_probe_methods()
-    root = tmp_path_factory.mktemp("runfolder")
-    data = make_fashion_mnist(root / "data", n_train=160, n_test=64)
-    torch.manual_seed(1)
-    teacher = root / "teacher.pt"
-    torch.save({"format": FORMAT, "model": TINY + "_wide", "num_classes": 10, "in_channels": 1,
-                "student": TinyNet(10, 1, width=12).state_dict()}, teacher)
-    return root, str(data), str(teacher)
+    return tiny_distill_setup(tmp_path_factory.mktemp("runfolder"))
 
 
 def distill(data: str, teacher: str, out: Path, *extra: str, method: str = "kd",
