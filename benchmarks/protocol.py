@@ -4,6 +4,7 @@ split, then 3 seeds at the chosen value; one command per table.
     python benchmarks/protocol.py --table short     # 3000 training images, 6 epochs, 10 methods
     python benchmarks/protocol.py --table large     # 10000 training images, 12 epochs, 6 methods
     python benchmarks/protocol.py --table warmup    # SemCKD at beta=400 with and without beta_warmup
+    python benchmarks/protocol.py --table bf16      # SemCKD fp32 vs bf16 autocast, paired seeds
     python benchmarks/protocol.py --table short --report   # only print the table from what is recorded
 
 Protocol (the same for every method, so no method gets more tuning than another):
@@ -72,10 +73,17 @@ TABLES: dict[str, dict[str, Any]] = {
                           "semckd+crd"]},
     "large": {"limit_train": 10000, "epochs": 12, "factors": (1 / 16, 1 / 4, 1),
               "methods": ["vanilla", "semckd", "kd", "fitnet", "crd", "dkd"]},
-    # beta_warmup study: beta fixed at the paper's 400, the ramp on or off, 3 seeds each
-    "warmup": {"limit_train": 3000, "epochs": 6, "methods": ["semckd"],
+    # studies (every grid point × 3 seeds, nothing selected; paired per-seed differences reported):
+    # beta_warmup: beta fixed at the paper's 400, the ramp on or off
+    "warmup": {"limit_train": 3000, "epochs": 6, "methods": ["semckd"], "study": True,
                "grid": {"semckd": {"beta_warmup": [0, 2]}}, "fixed": {"semckd": {"beta": 400.0}}},
+    # precision: SemCKD at the short table's selected beta, float32 vs bf16 autocast (the `auto` default on
+    # a CPU with native bf16, channels-last by default there); meaningful only on such a CPU
+    "bf16": {"limit_train": 3000, "epochs": 6, "methods": ["semckd"], "study": True,
+             "grid": {"semckd": {"amp": ["none", "bf16"]}}, "fixed": {"semckd": {"beta": 100.0}}},
 }
+# grid keys that are run settings, not method options
+RUN_KEYS = ("amp",)
 SEEDS = (0, 1, 2)
 VAL_SPLIT = 1000
 
@@ -138,6 +146,8 @@ def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: in
     if method == "dkd":
         args["warmup"] = max(1, round(epochs / 12))
     for k, v in values.items():
+        if k in RUN_KEYS:
+            continue
         node = args
         *head, last = k.split(".")
         for h in head:
@@ -145,7 +155,8 @@ def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: in
         node[last] = v
     flags = dict(dataset="fashion_mnist", model="resnet8", method=method, method_args=args,
                  epochs=epochs, milestones=scaled_milestones(epochs), limit_train=table["limit_train"],
-                 val_split=VAL_SPLIT, val_seed=0, seed=seed, batch_size=64, lr=0.05, amp="none",
+                 val_split=VAL_SPLIT, val_seed=0, seed=seed, batch_size=64, lr=0.05,
+                 amp=values.get("amp", "none"),
                  device="cpu", out=str(out), quiet=True, tensorboard=False)
     if method != "vanilla":
         flags["teacher"] = str(TEACHER)
@@ -219,10 +230,11 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
     rows, means = [], {}
     for m in table["methods"]:
         grid = grid_for(table, m)
-        if name == "warmup":
-            for v in grid.get("beta_warmup", []):
-                rs = [r for r in recs if r["method"] == m and r["values"] == {"beta_warmup": v}]
-                rows.append((f"semckd β=400, beta_warmup={v}", "—", "—", rs))
+        if table.get("study"):
+            fixed = cell_label(table.get("fixed", {}).get(m, {}))
+            for values in grid_points(grid):
+                rs = [r for r in recs if r["method"] == m and r["values"] == values]
+                rows.append((f"{m} {fixed}, {cell_label(values)}", "—", "—", rs))
             continue
         sel = selected_values(recs, m, grid)
         rs = [r for r in recs if r["method"] == m and sel is not None and r["values"] == sel]
@@ -242,15 +254,35 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
             d = means[m] - means["vanilla"]
             ari = f"{(means['semckd'] - means[m]) / d * 100:.1f}" if d else "—"
         t = [r["train_time_s"] for r in rs if r.get("train_time_s")]
-        per_seed = ", ".join(f"{r['best_acc']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]))
+        per_seed = ", ".join("diverged" if r.get("best_acc") is None else f"{r['best_acc']:.2f}"
+                             for r in sorted(rs, key=lambda r: r["seed"]))
         lines.append(f"| {m} | {tuned} | {sel} | {len(rs)}/{len(SEEDS)} | "
                      f"{_ms([r['best_val_acc'] for r in rs])} | "
                      f"{_ms([r['best_acc'] for r in rs])} | "
                      f"{per_seed} | {ari} | {f'{statistics.fmean(t):.0f} s' if t else '—'} |")
+    if table.get("study"):
+        lines += paired_lines(rows)
     kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("commit")) for r in recs}, key=str)
     lines += ["", "Machines (cpu, native bf16, precision, commit): "
               + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {k}" for c, b, a, k in kinds)]
     return "\n".join(lines) + "\n"
+
+
+def paired_lines(rows: list[tuple[str, str, str, list[dict[str, Any]]]]) -> list[str]:
+    """Per-seed test-accuracy differences of each study row against the first (same seed, same data
+    order, so the difference isolates the studied setting); a diverged run counts as missing."""
+    if len(rows) < 2:
+        return []
+    base = {r["seed"]: r["best_acc"] for r in rows[0][3] if r.get("best_acc") is not None}
+    out = [""]
+    for label, _, _, rs in rows[1:]:
+        d = [(r["seed"], r["best_acc"] - base[r["seed"]]) for r in sorted(rs, key=lambda r: r["seed"])
+             if r.get("best_acc") is not None and r["seed"] in base]
+        if d:
+            out.append(f"Paired test difference, {label} − {rows[0][0]}: "
+                       + ", ".join(f"seed {s}: {x:+.2f}" for s, x in d)
+                       + f" (mean {_ms([x for _, x in d])})")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,11 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         for m in methods:
             grid = grid_for(table, m)
             points = grid_points(grid)
-            plan = ([(v, s) for v in points for s in SEEDS] if name == "warmup" or not grid
+            plan = ([(v, s) for v in points for s in SEEDS] if table.get("study") or not grid
                     else [(v, 0) for v in points])
             if not all(run(m, values, seed) for values, seed in plan):
                 continue
-            if grid and name != "warmup":
+            if grid and not table.get("study"):
                 sel = selected_values(read_results(results), m, grid)
                 if sel is not None:
                     all(run(m, sel, seed) for seed in SEEDS[1:])

@@ -70,17 +70,20 @@ PAIRS: dict[str, tuple[str, str, int, int, int]] = {
     "fmnist": ("resnet8", "resnet20", 28, 1, 10),  # the pair of configs/fashion_mnist + accuracy_table.py
 }
 METHODS = ("vanilla", "kd", "semckd", "reference")
-# fp32-cl: fp32 with the networks and inputs in channels-last (NHWC) memory format; same numbers as fp32.
+# fp32-cl / bf16-cl: fp32 / bf16 with the networks and inputs in channels-last (NHWC) memory format; the
+# numbers of fp32 / bf16.
 # "auto" is not measured as such: it becomes the precision training's default (amp="auto") picks here.
-PRECISIONS = ("fp32", "fp32-cl", "bf16", "fp16")
+PRECISIONS = ("fp32", "fp32-cl", "bf16", "bf16-cl", "fp16")
 _AMP_TO_PRECISION = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def default_precision(device: torch.device) -> str:
-    """The bench precision matching what training uses by default on ``device`` (``amp="auto"``)."""
-    from .precision import resolve_amp
+    """The bench precision matching what training uses by default on ``device`` (``amp="auto"``, and the
+    memory format that precision defaults to)."""
+    from .precision import resolve_amp, resolve_channels_last
 
-    return _AMP_TO_PRECISION[resolve_amp("auto", device)[0]]
+    amp = resolve_amp("auto", device)[0]
+    return _AMP_TO_PRECISION[amp] + ("-cl" if resolve_channels_last(None, amp, device) else "")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -166,7 +169,7 @@ def build_step(cfg: BenchConfig, device: torch.device):
     distiller = distiller.to(device)
     if cfg.method == "reference":
         _reference_swap(distiller)
-    elif cfg.precision == "fp32-cl":
+    elif cfg.precision.endswith("-cl"):
         distiller.to(memory_format=torch.channels_last)  # what `--channels-last` does in the engine
         x = x.contiguous(memory_format=torch.channels_last)
     distiller.train()
@@ -178,7 +181,7 @@ def build_step(cfg: BenchConfig, device: torch.device):
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
-    dtype = autocast_dtype(precision)
+    dtype = autocast_dtype(precision.removesuffix("-cl"))
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
@@ -364,7 +367,7 @@ def matmul_peak_gflops(device: torch.device, precision: str, n: int | None = Non
     """Best GFLOP/s of a large dense matmul and a large 3×3 convolution measured here: a practical
     stand-in for the machine's peak (vendor peaks are rarely reachable; CPU BLAS and oneDNN differ, so
     the faster of the two is used)."""
-    dtype = autocast_dtype(precision) or torch.float32
+    dtype = autocast_dtype(precision.removesuffix("-cl")) or torch.float32
     cuda = device.type == "cuda"
     n = n or (8192 if cuda else 1536)
     inner = 10 if cuda else 1

@@ -108,7 +108,8 @@ class TrainConfig:
     amp: str = _f("auto", "mixed precision: auto (bf16/fp16 where the hardware runs it natively, else "
                           "float32), none, bf16, fp16 (with a GradScaler on CUDA) or bf16-emulated "
                           "(float32 with bf16 rounding: checks bf16 numerics on any hardware)")
-    channels_last: bool = _f(False, "NHWC memory format (faster convolutions on recent GPUs)")
+    channels_last: bool | None = _f(None, "NHWC memory format; unset: on for bf16 autocast on a CPU "
+                                           "(measured faster there), else off")
     compile: bool = _f(False, "torch.compile the student and teacher")
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps")
     find_unused_parameters: bool = _f(False, "DDP: allow parameters that get no gradient in a step")

@@ -49,7 +49,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_diff
 from .errors import UserError
-from .precision import autocast_dtype, emulate_bf16, resolve_amp, state_writes_guard
+from .precision import autocast_dtype, emulate_bf16, resolve_amp, resolve_channels_last, state_writes_guard
 
 __all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
 
@@ -423,12 +423,14 @@ class _Trainer:
                 raise UserError(f"--resume: {str(self.out / 'last.pt')!r} is not a semckd training "
                                 "checkpoint")
 
+        self.amp, self.amp_reason = resolve_amp(cfg.amp, device)
+        self.channels_last = resolve_channels_last(cfg.channels_last, self.amp, device)
         _seed_all(cfg.seed)
         eval_bs = cfg.eval_batch_size or self.batch
         self.train_loader, self.val_loader, self.test_loader, info = build_splits(
             cfg.dataset, cfg.data_dir, self.batch, device=device, download=cfg.download,
             limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=False, seed=cfg.seed,
-            rank=env.rank, world_size=env.world_size, channels_last=cfg.channels_last, workers=cfg.workers,
+            rank=env.rank, world_size=env.world_size, channels_last=self.channels_last, workers=cfg.workers,
             augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
         self.info = info
         self.num_classes = int(_info(info, "num_classes"))
@@ -452,7 +454,7 @@ class _Trainer:
                 in_channels=self.in_channels, dataset=cfg.dataset)
         elif cfg.teacher:
             self.note(f"method {spec!r} uses no teacher; ignoring --teacher {cfg.teacher}")
-        mf = torch.channels_last if cfg.channels_last else torch.preserve_format
+        mf = torch.channels_last if self.channels_last else torch.preserve_format
         student.to(device, memory_format=mf)
         if teacher is not None:
             teacher.to(device, memory_format=mf)
@@ -494,7 +496,6 @@ class _Trainer:
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
-        self.amp, self.amp_reason = resolve_amp(cfg.amp, device)
         self.scaler = (torch.amp.GradScaler("cuda") if self.amp == "fp16" and device.type == "cuda" else None)
         self.start_epoch = 1
         self.best_acc = 0.0  # test accuracy of the selected (best) epoch
@@ -774,7 +775,8 @@ class _Trainer:
             self.say(f"training {cfg.model} ({self.num_params / 1e6:.2f}M params) with {cfg.method_spec} on "
                      f"{cfg.dataset} for {cfg.epochs} epochs on {self.device}"
                      + (f" x{env.world_size} processes" if env.enabled else "") + f" → {cfg.out}")
-            self.say(f"precision: {_PRECISION_NAMES[self.amp]} ({self.amp_reason})")
+            self.say(f"precision: {_PRECISION_NAMES[self.amp]} ({self.amp_reason})"
+                     + (", channels-last" if self.channels_last else ""))
         observer = self.distiller if hasattr(self.distiller, "observe") else None
         t_start = time.perf_counter()
         last_test: dict[str, float] = {}
@@ -844,7 +846,7 @@ class _Trainer:
             "final_acc": final.get("test_acc"), "final_top5": final.get("test_top5"),
             "final_val_acc": final.get("val_acc"),
             "num_params": self.num_params, "world_size": env.world_size, "device": str(self.device),
-            "amp": self.amp,
+            "amp": self.amp, "channels_last": self.channels_last,
             "train_time_s": time.perf_counter() - t_start, "ddp_param_max_abs_diff": divergence,
         }
         if env.is_main:

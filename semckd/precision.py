@@ -39,7 +39,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 __all__ = ["AMP_CHOICES", "autocast_dtype", "cast_state_writes", "cpu_has_native_bf16", "emulate_bf16",
-           "emulation_active", "resolve_amp", "state_writes_guard", "suspend_emulation"]
+           "emulation_active", "resolve_amp", "resolve_channels_last", "state_writes_guard",
+           "suspend_emulation"]
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16", "bf16-emulated")
 _ENV = "SEMCKD_AMP"
@@ -94,6 +95,16 @@ def resolve_amp(amp: str, device: torch.device | str) -> tuple[str, str]:
             return "bf16", "auto: this CPU has native bfloat16 (AVX512-BF16/AMX)"
         return "none", "auto: this CPU has no native bfloat16 (AVX512-BF16/AMX), so bf16 would be slower"
     return "none", f"auto: no mixed precision on {dev.type}; float32"
+
+
+def resolve_channels_last(channels_last: bool | None, amp: str, device: torch.device | str) -> bool:
+    """The memory format a run uses: ``channels_last`` itself when set; by default (None) channels-last
+    only for bf16 autocast on a CPU, the one case measured faster for both benchmark pairs (oneDNN's
+    bf16 convolutions are NHWC-native, so NCHW pays a reorder per layer; in fp32 on CPU it was slower
+    for the CIFAR pair, and on GPUs it is not measured yet; BENCHMARKS.md, "bf16 on CPU")."""
+    if channels_last is not None:
+        return bool(channels_last)
+    return amp == "bf16" and torch.device(device).type == "cpu"
 
 
 # ---------------------------------------------------------------------- bf16 emulation (numerics check)

@@ -80,13 +80,47 @@ def test_bench_auto_measures_the_default_precision_once(monkeypatch):
                            precisions=["auto", "fp32"], batch_size=4, device="cpu", steps=1, warmup=0,
                            repeats=1, isolate=False, count_flops=False, threads=1)["results"]
     want = bench.default_precision(torch.device("cpu"))
-    assert want == {"none": "fp32", "bf16": "bf16"}[resolve_amp("auto", "cpu")[0]]
+    assert want == {"none": "fp32", "bf16": "bf16-cl"}[resolve_amp("auto", "cpu")[0]]
     assert [r["precision"] for r in rows] == list(dict.fromkeys([want, "fp32"]))
     assert [r["is_default"] for r in rows] == [r["precision"] == want for r in rows]
     assert "(default)" in bench.format_table({"results": rows, "machine": bench.machine_info(
         torch.device("cpu")), "settings": {"batch_size": 4, "warmup": 0, "repeats": 1, "steps": 1}})
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert bench.default_precision(torch.device("cpu")) == "bf16"
+    assert bench.default_precision(torch.device("cpu")) == "bf16-cl"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert bench.default_precision(torch.device("cpu")) == "fp32"
+
+
+def test_channels_last_defaults_on_only_for_bf16_on_cpu():
+    from semckd.precision import resolve_channels_last
+
+    assert resolve_channels_last(None, "bf16", "cpu") is True
+    for amp in ("none", "fp16", "bf16-emulated"):
+        assert resolve_channels_last(None, amp, "cpu") is False
+    assert resolve_channels_last(None, "bf16", "meta") is False  # only measured on CPU
+    assert resolve_channels_last(False, "bf16", "cpu") is False and resolve_channels_last(True, "none", "cpu")
+
+
+@pytest.mark.parametrize("amp,flag,want", [("bf16", None, True), ("none", None, False),
+                                           ("bf16", False, False), ("none", True, True)])
+def test_engine_follows_the_channels_last_rule(tmp_path, amp, flag, want):
+    """A run's networks, input pipeline and run.json follow the rule: unset means on for CPU bf16 only."""
+    register_tiny()
+    data = str(make_fashion_mnist(tmp_path / "d", n_train=64, n_test=32))
+    flags = dict(dataset="fashion_mnist", data_dir=data, model=TINY, epochs=1, batch_size=32, amp=amp,
+                 out=str(tmp_path / "r"), device="cpu", tensorboard=False, milestones=[], quiet=True)
+    if flag is not None:
+        flags["channels_last"] = flag
+    trainer = engine._Trainer(resolve_config("teacher", flags=flags)[0])
+    trainer.setup()
+    conv = next(m for m in trainer.student.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert trainer.channels_last is want
+    assert trainer.train_loader.channels_last is want
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is want
+    try:
+        assert trainer.fit()["channels_last"] is want
+    finally:
+        trainer.close()
 
 
 # ---------------------------------------------------------------------- bf16 emulation

@@ -235,3 +235,26 @@ def test_protocol_smoke_refuses_to_mix_budgets(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocol.py"), "--table", "short",
                         "--epochs", "1"], capture_output=True, text=True)
     assert r.returncode == 2 and "--results" in r.stderr
+
+
+def test_protocol_studies_run_every_point_and_pair_seeds():
+    """Study tables (warm-up, precision) select nothing: every grid point gets 3 seeds, run settings such
+    as ``amp`` reach the run config (not the method options), and differences are paired by seed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    table = protocol.TABLES["bf16"]
+    cfg = protocol._config(table, "semckd", {"amp": "bf16"}, 1, Path("/tmp/unused"))
+    assert cfg.amp == "bf16" and cfg.method_args == {"beta": 100.0} and cfg.seed == 1
+    assert protocol._config(protocol.TABLES["short"], "semckd", {"beta": 25.0}, 0, Path("/x")).amp == "none"
+    recs = [{"method": "semckd", "values": {"amp": a}, "seed": s, "best_val_acc": 80.0,
+             "best_acc": 80.0 + s + (0.5 if a == "bf16" else 0.0), "train_time_s": 1.0}
+            for a in ("none", "bf16") for s in (0, 1, 2)]
+    recs[4]["best_acc"] = None  # bf16 seed 1 diverged: missing from the pairing, not a zero
+    text = protocol.table_md("bf16", recs)
+    assert "| semckd beta=100.0, amp=bf16 |" in text and "| semckd beta=100.0, amp=none |" in text
+    paired = next(line for line in text.splitlines() if line.startswith("Paired"))
+    assert "seed 0: +0.50" in paired and "seed 2: +0.50" in paired and "seed 1" not in paired
+    w = protocol.table_md("warmup", [dict(r, values={"beta_warmup": 0 if r["values"]["amp"] == "none" else 2})
+                                     for r in recs])
+    assert "beta_warmup=2" in w and "Paired test difference" in w

@@ -43,9 +43,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
         tp = hints[name]
         default = f.default if f.default is not f.default_factory else None  # type: ignore[comparison-overlap]
         help_text = f.metadata.get("help", "")
-        if tp is bool:
+        if tp is bool or tp == (bool | None):
+            shown = "auto" if f.default is None else f.default
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=f"{help_text} (default: {f.default})")
+                               default=argparse.SUPPRESS, help=f"{help_text} (default: {shown})")
         elif name == "method_args":
             group.add_argument(flag, dest=name, nargs="+", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                                help=help_text)

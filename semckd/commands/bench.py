@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="comma list of: vanilla, kd, semckd, reference (default: all)")
     p.add_argument("--amp", default="auto,fp32",
                    help="precisions: auto (what training uses by default here: bf16/fp16 where the hardware "
-                        "runs it natively, else fp32), fp32, fp32-cl (fp32, channels-last networks), bf16, "
-                        "fp16 (autocast) (default: auto,fp32)")
+                        "runs it natively, else fp32; CPU bf16 with channels-last), fp32, fp32-cl (fp32, "
+                        "channels-last networks), bf16, bf16-cl, fp16 (autocast) (default: auto,fp32)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, help="timed steps per repeat (default: 20 on GPU, 2 on CPU)")
     p.add_argument("--warmup", type=int, help="untimed warm-up steps (default: 5 on GPU, 1 on CPU)")
