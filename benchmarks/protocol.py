@@ -77,10 +77,12 @@ TABLES: dict[str, dict[str, Any]] = {
     # beta_warmup: beta fixed at the paper's 400, the ramp on or off
     "warmup": {"limit_train": 3000, "epochs": 6, "methods": ["semckd"], "study": True,
                "grid": {"semckd": {"beta_warmup": [0, 2]}}, "fixed": {"semckd": {"beta": 400.0}}},
-    # precision: SemCKD at the short table's selected beta, float32 vs bf16 autocast (the `auto` default on
-    # a CPU with native bf16, channels-last by default there); meaningful only on such a CPU
-    "bf16": {"limit_train": 3000, "epochs": 6, "methods": ["semckd"], "study": True,
-             "grid": {"semckd": {"amp": ["none", "bf16"]}}, "fixed": {"semckd": {"beta": 100.0}}},
+    # precision: SemCKD at the short table's selected beta (the demo's setting) and vanilla, float32 vs
+    # bf16 autocast (the `auto` default on a CPU with native bf16, channels-last by default there);
+    # meaningful only on such a CPU
+    "bf16": {"limit_train": 3000, "epochs": 6, "methods": ["semckd", "vanilla"], "study": True,
+             "grid": {"semckd": {"amp": ["none", "bf16"]}, "vanilla": {"amp": ["none", "bf16"]}},
+             "fixed": {"semckd": {"beta": 100.0}}},
 }
 # grid keys that are run settings, not method options
 RUN_KEYS = ("amp",)
@@ -234,7 +236,8 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
             fixed = cell_label(table.get("fixed", {}).get(m, {}))
             for values in grid_points(grid):
                 rs = [r for r in recs if r["method"] == m and r["values"] == values]
-                rows.append((f"{m} {fixed}, {cell_label(values)}", "—", "—", rs))
+                label = ", ".join(x for x in (f"{m} {fixed}".strip(), cell_label(values)) if x)
+                rows.append((label, "—", "—", rs))
             continue
         sel = selected_values(recs, m, grid)
         rs = [r for r in recs if r["method"] == m and sel is not None and r["values"] == sel]
@@ -269,20 +272,26 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
 
 
 def paired_lines(rows: list[tuple[str, str, str, list[dict[str, Any]]]]) -> list[str]:
-    """Per-seed test-accuracy differences of each study row against the first (same seed, same data
-    order, so the difference isolates the studied setting); a diverged run counts as missing."""
-    if len(rows) < 2:
-        return []
-    base = {r["seed"]: r["best_acc"] for r in rows[0][3] if r.get("best_acc") is not None}
+    """Per-seed test-accuracy differences of each study row against the first row of the same method
+    (same seed, same data order, so the difference isolates the studied setting); a diverged run counts
+    as missing."""
     out = [""]
-    for label, _, _, rs in rows[1:]:
-        d = [(r["seed"], r["best_acc"] - base[r["seed"]]) for r in sorted(rs, key=lambda r: r["seed"])
-             if r.get("best_acc") is not None and r["seed"] in base]
+    first: dict[str, tuple[str, dict[int, float]]] = {}
+    for label, _, _, rs in rows:
+        if not rs:
+            continue
+        method = rs[0]["method"]
+        accs = {r["seed"]: r["best_acc"] for r in rs if r.get("best_acc") is not None}
+        if method not in first:
+            first[method] = (label, accs)
+            continue
+        base_label, base = first[method]
+        d = [(s, accs[s] - base[s]) for s in sorted(accs) if s in base]
         if d:
-            out.append(f"Paired test difference, {label} − {rows[0][0]}: "
+            out.append(f"Paired test difference, {label} − {base_label}: "
                        + ", ".join(f"seed {s}: {x:+.2f}" for s, x in d)
                        + f" (mean {_ms([x for _, x in d])})")
-    return out
+    return out if len(out) > 1 else []
 
 
 def main(argv: list[str] | None = None) -> int:

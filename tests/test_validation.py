@@ -258,3 +258,15 @@ def test_protocol_studies_run_every_point_and_pair_seeds():
     w = protocol.table_md("warmup", [dict(r, values={"beta_warmup": 0 if r["values"]["amp"] == "none" else 2})
                                      for r in recs])
     assert "beta_warmup=2" in w and "Paired test difference" in w
+
+
+def test_protocol_pairs_study_rows_within_a_method():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    recs = [{"method": m, "values": {"amp": a}, "seed": s, "best_val_acc": 1.0, "train_time_s": 1.0,
+             "best_acc": {"semckd": 80.0, "vanilla": 70.0}[m] + (1.0 if a == "bf16" else 0.0)}
+            for m in ("semckd", "vanilla") for a in ("none", "bf16") for s in (0, 1, 2)]
+    paired = [x for x in protocol.table_md("bf16", recs).splitlines() if x.startswith("Paired")]
+    assert len(paired) == 2 and all("seed 0: +1.00" in x for x in paired)
+    assert "vanilla, amp=bf16 − vanilla, amp=none" in paired[1]
