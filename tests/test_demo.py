@@ -66,7 +66,8 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, fmnist, capsys):
                  "--quiet", "--no-tensorboard", "--device", "cpu"]) == 0
     out = tmp_path / "demo"
     args = ["demo", "--data-dir", str(fmnist), "--teacher", str(teacher_dir / "best.pt"), "--out", str(out),
-            "--epochs", "2", "--limit-train", "128", "--batch-size", "32", "--device", "cpu", "--quiet"]
+            "--epochs", "2", "--limit-train", "128", "--val-split", "32", "--batch-size", "32",
+            "--device", "cpu", "--quiet"]
     assert main(args) == 0
     text = capsys.readouterr().out
     for name in ("vanilla", "semckd"):
@@ -77,7 +78,11 @@ def test_demo_end_to_end_on_tiny_data(tmp_path, fmnist, capsys):
         assert lines[0]["train_images"] == 128
         assert f"{run['best_acc']:6.2f}%" in text  # the printed table is the runs' own numbers
     cfg = json.loads(json.dumps(torch.load(out / "semckd" / "last.pt", weights_only=True)["config"]))
-    assert cfg["method_args"] == {"beta": 400.0} and cfg["seed"] == 0
+    assert cfg["method_args"] == {"beta": 100.0} and cfg["seed"] == 0  # the protocol's choice, not 400
+    assert cfg["val_split"] == 32 and cfg["val_seed"] == 0
+    for name in ("vanilla", "semckd"):  # the best epoch is chosen on validation, not on the test set
+        assert json.loads((out / name / "run.json").read_text())["selected_by"] == "val_acc"
+    assert "best epoch on 32 validation images" in text
     png = out / "semckd" / "attention.png"
     if _has_matplotlib():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,16 +3,16 @@
 It is the README's first command. In a few CPU minutes it shows the whole library working on real
 data: the checked-in ResNet-20 teacher (weights verified against their recorded sha256) is evaluated,
 then a ResNet-8 student is trained twice from the same seed on the same images — once alone (the
-vanilla reference) and once with SemCKD (1·CE + 1·KD + 400·SemCKD, the paper's loss) — and the three
+vanilla reference) and once with SemCKD (1·CE + 1·KD + β·SemCKD, the paper's loss) — and the three
 accuracies are printed with the run folders and the learned layer-attention heatmap.
 
-The default budget (6 epochs on the first 3000 of the 60000 training images) is chosen so the demo
-ends in about five minutes on 2 CPU cores — a SemCKD step costs ~5× a plain step there, because of the
-S×T projectors — and it is a data-poor regime, where a teacher trained on all the data has the most to
-give. The paper's β=400 feature loss dominates the first steps, so very short runs can show SemCKD
-*behind* vanilla (measured: 2 epochs on 6000 images, 56.4% vs 71.3%; the default, seed 0: 80.1% vs
-76.8%), and in this short budget SemCKD varies a lot between seeds (seeds 0–2: 80.1 / 72.6 / 75.6%
-against vanilla 76.8 / 75.8 / 76.2%; BENCHMARKS.md).
+The default budget (6 epochs on the first 3000 of the 60000 training images) keeps the demo to a few
+minutes on 2 CPU cores and is a data-poor regime, where a teacher trained on all the data has the most
+to give. Its settings are the ones the equal-budget protocol (``benchmarks/protocol.py --table short``)
+chose for this budget on a validation split: β=100 (the paper's CIFAR-100 β=400 is far worse here:
+58.7% on seed 0, below vanilla), and 1000 training images held out (stratified, ``--val-seed 0``) so
+the best epoch is chosen on validation accuracy, never on the test set. Its gain over vanilla holds on
+seeds 0, 1 and 2 (BENCHMARKS.md, "The demo").
 Longer recipes: ``configs/fashion_mnist/``.
 
 The runs are ordinary ``semckd distill`` runs (same engine, same run-folder layout), so everything the
@@ -70,7 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-train", type=int, default=3000,
                    help="use the first N training images (default: 3000; 0 = all 60000)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64, the paper's)")
-    p.add_argument("--beta", type=float, default=400.0, help="SemCKD loss weight (default: 400, the paper's)")
+    p.add_argument("--beta", type=float, default=100.0,
+                   help="SemCKD loss weight (default: 100, chosen on validation for this budget by "
+                        "benchmarks/protocol.py; the paper's CIFAR-100 value is 400)")
+    p.add_argument("--val-split", type=int, default=1000,
+                   help="training images held out to choose the best epoch (default: 1000; 0 = none, "
+                        "then the best epoch is chosen on test accuracy)")
+    p.add_argument("--val-seed", type=int, default=0, help="seed of the validation split (default: 0)")
     p.add_argument("--amp", default="auto", choices=list(AMP_CHOICES),
                    help="mixed precision (default: auto = bf16/fp16 where the hardware runs it natively, "
                         "else float32)")
@@ -88,6 +94,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.val_split < 0:
+        raise UserError(f"--val-split must be >= 0 (0 = no validation split), got {args.val_split}")
     if args.limit_train < 0:
         raise UserError(f"--limit-train must be >= 0 (0 = all images), got {args.limit_train}")
     data_dir = str(find_idx_dir("fashion_mnist", args.data_dir))  # fails early, with the apt hint
@@ -110,6 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
     common = dict(dataset="fashion_mnist", data_dir=data_dir, model=args.student, epochs=args.epochs,
                   batch_size=args.batch_size, lr=0.05, milestones=scaled_milestones(args.epochs),
                   limit_train=args.limit_train or None, seed=args.seed, amp=args.amp, device=args.device,
+                  val_split=args.val_split or None, val_seed=args.val_seed,
                   force=args.force, quiet=args.quiet, tensorboard=False)
     runs = {
         "vanilla": dict(common, method="vanilla", out=str(out / "vanilla")),
@@ -137,8 +146,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     v, s = results["vanilla"]["best_acc"], results["semckd"]["best_acc"]
     n = args.limit_train or 60000
-    print(f"\nFashion-MNIST test accuracy, best epoch ({args.epochs} epochs on {n} training images, "
-          f"seed {args.seed}):")
+    chosen = f"best epoch on {args.val_split} validation images" if args.val_split else "best epoch"
+    print(f"\nFashion-MNIST test accuracy, {chosen} ({args.epochs} epochs on {n} training images, "
+          f"seed {args.seed}, β={args.beta:g}):")
     print(f"  teacher  {t_res['model']:<10} {t_res['test_acc']:6.2f}%")
     print(f"  student  {args.student:<10} {v:6.2f}%   vanilla (no teacher)   {out / 'vanilla'}")
     print(f"  student  {args.student:<10} {s:6.2f}%   SemCKD ({s - v:+.2f})          {out / 'semckd'}")
