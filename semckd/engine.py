@@ -49,7 +49,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_diff
 from .errors import UserError
-from .precision import autocast_dtype, emulate_bf16, resolve_amp, resolve_channels_last, state_writes_guard
+from .precision import Precision, state_writes_guard
+from .step import train_step
 
 __all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
 
@@ -108,18 +109,9 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[1], prev[2]
 
 
-_PRECISION_NAMES = {"none": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast",
-                    "bf16-emulated": "float32 with bfloat16 rounding (emulation)"}
-
-
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """The mixed-precision context of a resolved precision (see :func:`semckd.precision.resolve_amp`)."""
-    if amp == "bf16-emulated":
-        return emulate_bf16()
-    dtype = autocast_dtype(amp)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _autocast(device: torch.device, amp: str | Precision) -> contextlib.AbstractContextManager:
+    """The mixed-precision context of a precision (see :class:`semckd.precision.Precision`)."""
+    return Precision.resolve(amp, False, device).autocast(device)
 
 
 def lr_factor(epoch_index: int, cfg: TrainConfig) -> float:
@@ -180,7 +172,7 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
 
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = "none",
+def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str | Precision = "none",
              observer: Any = None, observe_batch: int | None = None,
              env: D.DistEnv | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean CE of ``model`` on ``loader``, summed over DDP ranks.
@@ -193,7 +185,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = 
     model.eval()
     dt = torch.float32 if device.type == "mps" else torch.float64
     sums = torch.zeros(4, dtype=dt, device=device)  # loss, top1, top5, n
-    amp = resolve_amp(amp, device)[0]
+    amp = Precision.resolve(amp, False, device)  # a run passes its own, already resolved
     try:
         for batch in loader:
             images, targets = batch[0], batch[1]
@@ -423,8 +415,9 @@ class _Trainer:
                 raise UserError(f"--resume: {str(self.out / 'last.pt')!r} is not a semckd training "
                                 "checkpoint")
 
-        self.amp, self.amp_reason = resolve_amp(cfg.amp, device)
-        self.channels_last = resolve_channels_last(cfg.channels_last, self.amp, device)
+        self.precision = Precision.resolve(cfg.amp, cfg.channels_last, device)  # the run's one decision
+        self.amp, self.amp_reason = self.precision.amp, self.precision.reason
+        self.channels_last = self.precision.channels_last
         _seed_all(cfg.seed)
         eval_bs = cfg.eval_batch_size or self.batch
         self.train_loader, self.val_loader, self.test_loader, info = build_splits(
@@ -496,7 +489,7 @@ class _Trainer:
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
-        self.scaler = (torch.amp.GradScaler("cuda") if self.amp == "fp16" and device.type == "cuda" else None)
+        self.scaler = self.precision.grad_scaler(device)
         self.start_epoch = 1
         self.best_acc = 0.0  # test accuracy of the selected (best) epoch
         self.best_val_acc: float | None = None  # its validation accuracy, with a validation split
@@ -714,19 +707,9 @@ class _Trainer:
                 continue
             step += 1
             fault_point("step")
-            with _autocast(device, self.amp):
-                logits, losses = self.model(images, targets, index)
-            if not losses:
-                raise UserError(f"method {cfg.method_spec!r} returned no loss terms")
-            loss = sum(losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            res = train_step(self.model, self.optimizer, images, targets, index, precision=self.precision,
+                             device=device, scaler=self.scaler, name=f"method {cfg.method_spec!r}")
+            logits, losses, loss = res.logits, res.losses, res.loss
             with torch.no_grad():
                 b = images.shape[0]
                 if sums is None:
@@ -775,8 +758,7 @@ class _Trainer:
             self.say(f"training {cfg.model} ({self.num_params / 1e6:.2f}M params) with {cfg.method_spec} on "
                      f"{cfg.dataset} for {cfg.epochs} epochs on {self.device}"
                      + (f" x{env.world_size} processes" if env.enabled else "") + f" → {cfg.out}")
-            self.say(f"precision: {_PRECISION_NAMES[self.amp]} ({self.amp_reason})"
-                     + (", channels-last" if self.channels_last else ""))
+            self.say(f"precision: {self.precision.describe()}")
         observer = self.distiller if hasattr(self.distiller, "observe") else None
         t_start = time.perf_counter()
         last_test: dict[str, float] = {}
@@ -933,7 +915,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
     net.to(dev)
     t0 = time.perf_counter()
     res = evaluate(net, test_loader, dev, amp=amp)
-    res.update(amp=resolve_amp(amp, dev)[0], model=arch, dataset=dataset, checkpoint=str(path),
+    res.update(amp=Precision.resolve(amp, False, dev).amp, model=arch, dataset=dataset, checkpoint=str(path),
                eval_time_s=time.perf_counter() - t0)
     if ncls <= 5:
         res.pop("test_top5")
