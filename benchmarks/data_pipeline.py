@@ -13,11 +13,14 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from semckd.data import DeviceLoader, dataset_defaults, load_arrays
-from semckd.data.baseline import baseline_loader
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: benchmarks/ and semckd/
+
+from benchmarks.baseline import baseline_loader  # noqa: E402
+from semckd.data import DeviceLoader, dataset_defaults, load_arrays  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

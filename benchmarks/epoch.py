@@ -2,7 +2,7 @@
 
 *baseline*: a DataLoader with per-image PIL augmentation (random crop with padding + flip + normalise,
 what the KD code bases do with torchvision) feeding the paper-faithful SemCKD step (per-pair Python
-loops, float32: :class:`semckd.reference.ReferenceSemCKD`).
+loops, float32: :class:`benchmarks.reference.ReferenceSemCKD`).
 *semckd*: the on-device batched augmentation (:class:`semckd.data.DeviceLoader`) feeding the SemCKD step
 with what a user gets by default (``amp="auto"``: bf16/fp16 autocast where the hardware runs it
 natively, float32 elsewhere).
@@ -37,11 +37,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semckd.bench import PAIRS, _reference_swap, _sync, default_precision, resolve_device, train_step
-from semckd.data import DeviceLoader, dataset_defaults, load_arrays
-from semckd.data.baseline import baseline_loader
-from semckd.methods import BuildContext, build_distiller
-from semckd.models import create_model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: benchmarks/ and semckd/
+
+from benchmarks.baseline import baseline_loader  # noqa: E402
+from benchmarks.bench import (  # noqa: E402
+    PAIRS,
+    _reference_swap,
+    _sync,
+    default_precision,
+    resolve_device,
+    train_step,
+)
+from semckd.data import DeviceLoader, dataset_defaults, load_arrays  # noqa: E402
+from semckd.methods import BuildContext, build_distiller  # noqa: E402
+from semckd.models import create_model  # noqa: E402
 
 # dataset → the bench's pair for it: (student, teacher, input size, in channels, classes)
 DATASET_PAIRS = {"fashion_mnist": PAIRS["fmnist"], "cifar100": PAIRS["cifar100"]}

@@ -18,9 +18,7 @@ and SimKD papers use 1·CE + 1·KD), which the ``note`` states where it matters.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -452,11 +450,9 @@ def render_table(recipes: dict[Path, dict[str, Any]]) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    from semckd.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from semckd.atomic import write_text_atomic  # noqa: E402
 from semckd.config import resolve_config, scaled_milestones  # noqa: E402
 from semckd.sweep import cell_label, grid_points, select_value, summarise  # noqa: E402
 
@@ -173,9 +174,11 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
     label = cell_label(values) or "default"
     run_dir = out_dir / name / method.replace("+", "-") / label / f"seed{seed}"
     cfg = _config(table, method, values, seed, run_dir)
-    done = run_dir / "run.json"
-    if done.is_file() and json.loads(done.read_text()).get("epochs") == cfg.epochs:
-        run = json.loads(done.read_text())
+    from semckd.runfolder import read_summary
+
+    done = read_summary(run_dir, strict=False)
+    if done is not None and done.epochs == cfg.epochs:
+        run = done.to_dict()
     else:
         if (run_dir / "last.pt").is_file():
             cfg = dataclasses.replace(cfg, resume=True)
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 return False
             run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
             new += 1
-            md.write_text(table_md(name, read_results(results), table))
+            write_text_atomic(md, table_md(name, read_results(results), table))
             return True
 
         for m in methods:
@@ -350,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 if sel is not None:
                     all(run(m, sel, seed) for seed in SEEDS[1:])
     text = table_md(name, read_results(results), table)
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(text)
+    write_text_atomic(md, text)
     print(text, end="")
     return 0
 

@@ -4,7 +4,7 @@ the time goes (teacher forward / student forward+backward / criterion: attention
     python benchmarks/scaling.py                              # resnet8x4 ← resnet32x4, fp32
     python benchmarks/scaling.py --device cuda --precision bf16 --out runs/bench/scaling_bf16.json
 
-A thin wrapper over :func:`semckd.bench.run_scaling` (also ``semckd bench --scaling``). Candidate layers
+A thin wrapper over :func:`benchmarks.bench.run_scaling` (also ``semckd bench --scaling``). Candidate layers
 go from the declared stages to every residual block of both networks (stage outputs always kept);
 batch sizes 32, 64, 128, 256 at the declared stages. Writes JSON and prints markdown.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semckd import bench  # noqa: E402
+from benchmarks import bench  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
     python benchmarks/throughput.py                         # both pairs, all methods, fp32 + bf16
     python benchmarks/throughput.py --device cuda --out runs/bench/throughput_h100.json
 
-A thin wrapper over :func:`semckd.bench.run_bench` (the same code as ``semckd bench``): resnet8x4 ←
+A thin wrapper over :func:`benchmarks.bench.run_bench` (the same code as ``semckd bench``): resnet8x4 ←
 resnet32x4 on 3×32×32 / 100 classes (the paper's CIFAR-100 flagship pair) and resnet8 ← resnet20 on
 Fashion-MNIST (1×28×28, 10 classes); vanilla, KD, SemCKD and the per-pair-loop reference SemCKD; batch 64.
 See ``semckd bench --help`` for how time, memory and FLOP/s are measured.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from semckd import bench  # noqa: E402
+from benchmarks import bench  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,14 @@
-"""Atomic file writes for every file semckd writes (torch-free, so light commands stay light).
+"""The one atomic writer for every file semckd writes (torch-free, so light commands stay light).
 
 A write goes to a temp file beside the target (``.NAME.XXXX.tmp``) and is renamed over it with
 ``os.replace``: a reader (or a resumed run) sees the old file or the new one, never half of one. A kill
 can leave the temp file behind; run folders remove such leftovers (:func:`is_temp_of`) when a run starts.
+
+Checkpoints, config.yaml, metrics.jsonl, run.json, reports, sweep tables, exports and figures all come
+through here, so they share one behaviour: the same mode, fsync before the rename, and the same
+``write:NAME`` / ``written:NAME`` fault points the kill -9 tests use. :func:`atomic_write` streams bytes
+(``torch.save``, a copy), :func:`write_text_atomic` writes text, and :func:`atomic_path` hands a temp path
+to writers that only take a file name (matplotlib, TorchScript, ONNX).
 """
 
 from __future__ import annotations
@@ -10,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
-__all__ = ["FAULT_ENV", "atomic_path", "fault_point", "is_temp_of", "write_text_atomic"]
+__all__ = ["FAULT_ENV", "atomic_path", "atomic_write", "fault_point", "is_temp_of", "write_text_atomic"]
 
 FAULT_ENV = "SEMCKD_FAULT"
 _fault_counts: dict[str, int] = {}
@@ -72,7 +79,17 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
         raise
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, fsync: bool = True) -> None:
+    """Call ``write(f)`` on a binary file that atomically replaces ``path`` once ``write`` returns.
+
+    ``fsync`` (the default) flushes the data to disk before the rename, so a power cut cannot leave a
+    renamed but empty file; a kill at any moment leaves the old file.
+    """
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+        write(f)
+        fault_point(f"write:{Path(path).name}")
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,27 +1,27 @@
-"""Checkpoints: atomic writes, safe loading, teacher import, and RNG state as plain tensors.
+"""Checkpoints: saving, teacher import, and RNG state as plain tensors.
 
 Everything is saved as tensors and plain Python values so ``torch.load(weights_only=True)`` can read
-it back: loading a checkpoint must never execute code from the file. Writes go to a temporary file
-in the same folder followed by ``os.replace``, so a crash or a full disk mid-save leaves the previous
-checkpoint intact instead of a truncated one.
+it back: loading a checkpoint must never execute code from the file. Writes go through the one atomic
+writer (:mod:`semckd.atomic`), so a crash or a full disk mid-save leaves the previous checkpoint intact
+instead of a truncated one. Loading (:func:`load_checkpoint`), the checkpoint format and the prefix
+stripping live in :mod:`semckd.runfolder`, the module that owns run-folder files; they are re-exported
+here for API stability.
 """
 
 from __future__ import annotations
 
-import pickle
 import random
 import re
 import shutil
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import nn
 
-from .atomic import FAULT_ENV, atomic_path, fault_point, is_temp_of
+from .atomic import FAULT_ENV, atomic_path, atomic_write, fault_point, is_temp_of, write_text_atomic
 from .errors import UserError
+from .runfolder import FORMAT, load_checkpoint, strip_wrapper_prefixes
 
 __all__ = [
     "FAULT_ENV",
@@ -41,24 +41,13 @@ __all__ = [
     "split_checkpoint",
 ]
 
-FORMAT = "semckd-ckpt-v1"
-
-
 # ---------------------------------------------------------------------- atomic writes
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
-        write(f)
-        fault_point(f"write:{Path(path).name}")
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that either fully replaces ``path`` or leaves it untouched."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write(text.encode()))
+atomic_write_text = write_text_atomic  # the same writer under its older name here
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
@@ -67,64 +56,7 @@ def atomic_copy(src: str | Path, dst: str | Path) -> None:
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, length=1 << 20)
 
-    _atomic_write(dst, write)
-
-
-# ---------------------------------------------------------------------- loading
-def load_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU, with one-line errors for the usual failures."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} {str(p)!r} not found")
-    if p.is_dir():
-        raise UserError(f"{what} {str(p)!r} is a folder; pass the .pt file inside it (e.g. {p / 'best.pt'})")
-    with open(p, "rb") as f:
-        head = f.read(2)
-    if head[:1] == b"\x80" and len(head) == 2 and head[1] >= 3:  # pickle protocol >= 3: not torch.save
-        raise UserError(f"{what} {str(p)!r} is a plain pickle file (protocol {head[1]}), not a torch.save "
-                        "file; load it in Python and re-save it with torch.save(obj, path)")
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol before failing
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        m = re.search(r"GLOBAL ([\w.]+)", msg)
-        if m or "Unsupported global" in msg or "Unsupported class" in msg:
-            obj = f" ({m.group(1)})" if m else ""
-            raise UserError(
-                f"{what} {str(p)!r} contains arbitrary Python objects{obj}, not just weights, and is refused "
-                "for safety (weights_only=True); if you trust it, re-save its state_dict with torch.save"
-            ) from None
-        why = msg.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in msg else msg
-        raise UserError(f"{what} {str(p)!r} is corrupt or not a PyTorch file ({_short(why)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError) as e:
-        why = "not a zip or pickle archive" if isinstance(e, KeyError) else _short(str(e)) or type(e).__name__
-        raise UserError(f"{what} {str(p)!r} is corrupt or not a PyTorch file ({why})") from None
-
-
-def _short(text: str, limit: int = 100) -> str:
-    """The first non-empty line of ``text``, cut at a word boundary (never mid-word) when too long."""
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    if len(line) <= limit:
-        return line
-    return line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
-
-
-_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _strip_prefixes(sd: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
+    atomic_write(dst, write)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -140,14 +72,14 @@ def split_checkpoint(obj: Any, path: str | Path = "checkpoint"
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         skip = ("student", "extras", "optimizer", "scheduler", "scaler", "rng")
         meta = {k: v for k, v in obj.items() if k not in skip}
-        return _strip_prefixes(obj["student"]), meta
+        return strip_wrapper_prefixes(obj["student"]), meta
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "student", "net"):
             if _is_state_dict(obj.get(key)):
                 meta = {k: v for k, v in obj.items() if k != key and isinstance(v, (int, float, str))}
-                return _strip_prefixes(obj[key]), meta
+                return strip_wrapper_prefixes(obj[key]), meta
         if _is_state_dict(obj):
-            return _strip_prefixes(obj), {}
+            return strip_wrapper_prefixes(obj), {}
     raise UserError(f"{str(path)!r} holds no model weights (expected a semckd checkpoint, a state_dict, "
                     "or a dict with a 'model'/'state_dict' entry)")
 

@@ -127,9 +127,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save_yaml(self, path: str | Path) -> None:
-        from .checkpoint import atomic_write_text
+        from .atomic import write_text_atomic
 
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @property
     def method_spec(self) -> str:

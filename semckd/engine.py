@@ -33,15 +33,12 @@ from torch import nn
 
 from . import distributed as D
 from .checkpoint import (
-    FORMAT,
     atomic_copy,
     atomic_save,
-    atomic_write_text,
     capture_rng,
     fault_point,
     head_of,
     is_temp_of,
-    load_checkpoint,
     load_state_dict_checked,
     load_teacher,
     restore_rng,
@@ -49,11 +46,21 @@ from .checkpoint import (
 )
 from .config import TrainConfig, config_diff
 from .errors import UserError
-from .precision import autocast_dtype, emulate_bf16, resolve_amp, resolve_channels_last, state_writes_guard
+from .precision import Precision, state_writes_guard
+from .runfolder import (
+    FORMAT,
+    RUN_FILES,
+    EpochRecord,
+    RunSummary,
+    load_checkpoint,
+    read_metrics,
+    write_metrics,
+    write_summary,
+)
+from .runfolder import json_safe as _json_safe
+from .step import train_step
 
 __all__ = ["NonFiniteLossError", "evaluate", "evaluate_checkpoint", "resolve_device", "train"]
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "run.json")
 
 
 class NonFiniteLossError(UserError):
@@ -108,18 +115,9 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev[1], prev[2]
 
 
-_PRECISION_NAMES = {"none": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast",
-                    "bf16-emulated": "float32 with bfloat16 rounding (emulation)"}
-
-
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """The mixed-precision context of a resolved precision (see :func:`semckd.precision.resolve_amp`)."""
-    if amp == "bf16-emulated":
-        return emulate_bf16()
-    dtype = autocast_dtype(amp)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _autocast(device: torch.device, amp: str | Precision) -> contextlib.AbstractContextManager:
+    """The mixed-precision context of a precision (see :class:`semckd.precision.Precision`)."""
+    return Precision.resolve(amp, False, device).autocast(device)
 
 
 def lr_factor(epoch_index: int, cfg: TrainConfig) -> float:
@@ -180,7 +178,7 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.T
 
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = "none",
+def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str | Precision = "none",
              observer: Any = None, observe_batch: int | None = None,
              env: D.DistEnv | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean CE of ``model`` on ``loader``, summed over DDP ranks.
@@ -193,7 +191,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, *, amp: str = 
     model.eval()
     dt = torch.float32 if device.type == "mps" else torch.float64
     sums = torch.zeros(4, dtype=dt, device=device)  # loss, top1, top5, n
-    amp = resolve_amp(amp, device)[0]
+    amp = Precision.resolve(amp, False, device)  # a run passes its own, already resolved
     try:
         for batch in loader:
             images, targets = batch[0], batch[1]
@@ -272,17 +270,6 @@ def eta_note(epochs_left: int, epoch_s: float, device: torch.device | str) -> st
     return f"{epochs_left} epochs left at {epoch_s:.0f} s each: about {left / 3600:.1f} h on {device}{tip}"
 
 
-def _json_safe(v: Any) -> Any:
-    """NaN/inf → ``null``: metrics.jsonl must stay valid JSON (``json.dumps`` writes bare ``NaN``)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 def _nonfinite_tensors(parts: dict[str, Any]) -> list[str]:
     """Names of floating tensors holding NaN/inf in nested state (parameters, buffers, optimizer state)."""
     bad: list[str] = []
@@ -319,14 +306,8 @@ class _Metrics:
         if keep_upto is not None:
             if rows is not None:  # the checkpoint's own record of its epochs
                 self.rows = [r for r in rows if r.get("epoch", 0) <= keep_upto]
-            elif self.path.exists():  # a checkpoint from before rows were saved: the file's lines
-                for ln in self.path.read_text().splitlines():
-                    try:
-                        rec = json.loads(ln)
-                    except ValueError:  # a line cut short by a kill mid-write
-                        continue
-                    if isinstance(rec, dict) and rec.get("epoch", 0) <= keep_upto:
-                        self.rows.append(rec)
+            else:  # a checkpoint from before rows were saved: the file's complete lines
+                self.rows = [r for r in read_metrics(out) if r.get("epoch", 0) <= keep_upto]
         if not enabled:
             return
         if keep_upto is not None:
@@ -340,8 +321,7 @@ class _Metrics:
                 self.tb = None
 
     def _flush(self) -> None:
-        atomic_write_text(self.path, "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n"
-                                             for r in self.rows))
+        write_metrics(self.path.parent, self.rows)
 
     def write(self, rec: dict[str, Any]) -> None:
         self.rows.append(rec)
@@ -423,8 +403,9 @@ class _Trainer:
                 raise UserError(f"--resume: {str(self.out / 'last.pt')!r} is not a semckd training "
                                 "checkpoint")
 
-        self.amp, self.amp_reason = resolve_amp(cfg.amp, device)
-        self.channels_last = resolve_channels_last(cfg.channels_last, self.amp, device)
+        self.precision = Precision.resolve(cfg.amp, cfg.channels_last, device)  # the run's one decision
+        self.amp, self.amp_reason = self.precision.amp, self.precision.reason
+        self.channels_last = self.precision.channels_last
         _seed_all(cfg.seed)
         eval_bs = cfg.eval_batch_size or self.batch
         self.train_loader, self.val_loader, self.test_loader, info = build_splits(
@@ -435,11 +416,13 @@ class _Trainer:
         self.info = info
         self.num_classes = int(_info(info, "num_classes"))
         self.in_channels = int(_info(info, "in_channels"))
+        self.data_info = info
         num_train = int(_info(info, "num_train"))
         if len(self.train_loader) == 0:
             raise UserError(f"no training batches (dataset {cfg.dataset!r} has {num_train} training images "
                             f"for {env.world_size} process(es)); lower --batch-size or raise --limit-train")
         example = next(iter(self.train_loader))[0]
+        self.input_size = [int(example.shape[-2]), int(example.shape[-1])]  # what eval/export feed it
 
         _seed_all(cfg.seed)  # model init does not depend on how the loaders used the RNG
         student = create_model(cfg.model, num_classes=self.num_classes, in_channels=self.in_channels)
@@ -496,7 +479,7 @@ class _Trainer:
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(e, cfg))
-        self.scaler = (torch.amp.GradScaler("cuda") if self.amp == "fp16" and device.type == "cuda" else None)
+        self.scaler = self.precision.grad_scaler(device)
         self.start_epoch = 1
         self.best_acc = 0.0  # test accuracy of the selected (best) epoch
         self.best_val_acc: float | None = None  # its validation accuracy, with a validation split
@@ -543,7 +526,7 @@ class _Trainer:
             return
         best = self.out / "best.pt"
         with contextlib.suppress(Exception):
-            b = torch.load(best, map_location="cpu", weights_only=True) if best.is_file() else None
+            b = load_checkpoint(best, "best checkpoint") if best.is_file() else None
             if isinstance(b, dict) and b.get("epoch") == ck["epoch"]:
                 return
         atomic_copy(self.out / "last.pt", best)
@@ -603,6 +586,9 @@ class _Trainer:
             "model": cfg.model,
             "num_classes": self.num_classes,
             "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "mean": [float(x) for x in _info(self.data_info, "mean")],
+            "std": [float(x) for x in _info(self.data_info, "std")],
             "dataset": cfg.dataset,
             "method": cfg.method_spec,
             "teacher": cfg.teacher,
@@ -714,19 +700,9 @@ class _Trainer:
                 continue
             step += 1
             fault_point("step")
-            with _autocast(device, self.amp):
-                logits, losses = self.model(images, targets, index)
-            if not losses:
-                raise UserError(f"method {cfg.method_spec!r} returned no loss terms")
-            loss = sum(losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            res = train_step(self.model, self.optimizer, images, targets, index, precision=self.precision,
+                             device=device, scaler=self.scaler, name=f"method {cfg.method_spec!r}")
+            logits, losses, loss = res.logits, res.losses, res.loss
             with torch.no_grad():
                 b = images.shape[0]
                 if sums is None:
@@ -775,8 +751,7 @@ class _Trainer:
             self.say(f"training {cfg.model} ({self.num_params / 1e6:.2f}M params) with {cfg.method_spec} on "
                      f"{cfg.dataset} for {cfg.epochs} epochs on {self.device}"
                      + (f" x{env.world_size} processes" if env.enabled else "") + f" → {cfg.out}")
-            self.say(f"precision: {_PRECISION_NAMES[self.amp]} ({self.amp_reason})"
-                     + (", channels-last" if self.channels_last else ""))
+            self.say(f"precision: {self.precision.describe()}")
         observer = self.distiller if hasattr(self.distiller, "observe") else None
         t_start = time.perf_counter()
         last_test: dict[str, float] = {}
@@ -809,17 +784,16 @@ class _Trainer:
                 self.best_acc, self.best_epoch = test["test_acc"], epoch
                 if val:
                     self.best_val_acc = val["val_acc"]
-            line = {"epoch": epoch, "lr": lr, **rec}
-            if val:
-                line.update(val_loss=val["val_loss"], val_acc=val["val_acc"])
-            line.update(test_loss=test["test_loss"], test_acc=test["test_acc"])
-            if self.num_classes > 5:
-                line["test_top5"] = test["test_top5"]
-            if val:
-                line["best_val_acc"] = self.best_val_acc
-            line.update(best_acc=self.best_acc, epoch_time_s=time.perf_counter() - t0)
-            if extras:
-                line["extras"] = extras
+            line = EpochRecord(
+                epoch=epoch, lr=lr, train_loss=rec["train_loss"], train_acc=rec["train_acc"],
+                terms={k[len("train_"):]: v for k, v in rec.items()
+                       if k not in ("train_loss", "train_acc", "train_images", "images_per_s")},
+                train_images=rec["train_images"], images_per_s=rec["images_per_s"],
+                val_loss=val.get("val_loss"), val_acc=val.get("val_acc"),
+                test_loss=test["test_loss"], test_acc=test["test_acc"],
+                test_top5=test["test_top5"] if self.num_classes > 5 else None,
+                best_val_acc=self.best_val_acc if val else None, best_acc=self.best_acc,
+                epoch_time_s=time.perf_counter() - t0, extras=extras or None).to_dict()
             self._save(epoch, test, improved, line)  # the commit point: last.pt holds this row too
             self.metrics.write(line)
             if not last_test:
@@ -837,27 +811,27 @@ class _Trainer:
         final = self.metrics.rows[-1] if self.metrics.rows else last_test
         if env.enabled and divergence > 0:
             self.note(f"warning: student parameters differ across processes (max |diff| {divergence:.3g})")
-        summary = {
-            "kind": cfg.kind, "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method_spec,
-            "teacher": cfg.teacher, "teacher_model": self.teacher_meta.get("model"),
-            "epochs": cfg.epochs, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
-            "selected_by": "val_acc" if self.val_loader is not None else "test_acc",
-            "best_val_acc": self.best_val_acc, "val_split": cfg.val_split, "seed": cfg.seed,
-            "final_acc": final.get("test_acc"), "final_top5": final.get("test_top5"),
-            "final_val_acc": final.get("val_acc"),
-            "num_params": self.num_params, "world_size": env.world_size, "device": str(self.device),
-            "amp": self.amp, "channels_last": self.channels_last,
-            "train_time_s": time.perf_counter() - t_start, "ddp_param_max_abs_diff": divergence,
-        }
+        summary = RunSummary(
+            kind=cfg.kind, model=cfg.model, dataset=cfg.dataset, method=cfg.method_spec,
+            teacher=cfg.teacher, teacher_model=self.teacher_meta.get("model"),
+            epochs=cfg.epochs, best_acc=self.best_acc, best_epoch=self.best_epoch,
+            selected_by="val_acc" if self.val_loader is not None else "test_acc",
+            best_val_acc=self.best_val_acc, val_split=cfg.val_split, seed=cfg.seed,
+            final_acc=final.get("test_acc"), final_top5=final.get("test_top5"),
+            final_val_acc=final.get("val_acc"),
+            num_params=self.num_params, world_size=env.world_size, device=str(self.device),
+            amp=self.amp, channels_last=self.channels_last,
+            train_time_s=time.perf_counter() - t_start, ddp_param_max_abs_diff=divergence,
+        ).to_dict()
         if env.is_main:
             run_json = self.out / "run.json"
             if not last_test and run_json.exists():  # nothing trained now: keep the finished run's summary
                 summary = json.loads(run_json.read_text())
             elif not last_test:  # killed after its last checkpoint, before run.json: finish the record
                 summary["train_time_s"] = sum(r.get("epoch_time_s") or 0.0 for r in self.metrics.rows)
-                atomic_write_text(run_json, json.dumps(summary, indent=2) + "\n")
+                write_summary(self.out, summary)
             else:
-                atomic_write_text(run_json, json.dumps(summary, indent=2) + "\n")
+                write_summary(self.out, summary)
             if self.val_loader is not None:
                 self.say(f"done: best validation accuracy {self.best_val_acc:.2f}% at epoch "
                          f"{self.best_epoch} "
@@ -894,47 +868,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- eval command
-def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str | None = None,
-                        model: str | None = None, batch_size: int = 256, device: str = "auto",
-                        amp: str = "auto") -> dict[str, Any]:
-    """Accuracy of a saved network (semckd checkpoint, or plain state_dict with ``model``) on a test set."""
-    from .data import build_data
-    from .models import create_model
+def evaluate_checkpoint(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Moved to :func:`semckd.evaluate.evaluate_checkpoint`; kept here so existing imports keep working."""
+    from .evaluate import evaluate_checkpoint as impl
 
-    obj = load_checkpoint(path)
-    sd, meta = split_checkpoint(obj, path)
-    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
-    arch = meta.get("model") if isinstance(meta.get("model"), str) else None
-    if model and arch and model.lower() != arch.lower():
-        raise UserError(f"checkpoint {path!r} holds a {arch} but --model says {model}; drop --model")
-    arch = arch or model
-    if not arch:
-        raise UserError(f"checkpoint {path!r} does not name its architecture; pass --model NAME")
-    dataset = dataset or meta.get("dataset") or cfg.get("dataset")
-    if not dataset:
-        raise UserError(f"checkpoint {path!r} does not name its dataset; pass --dataset NAME")
-    if data_dir is None:  # the training run's folder when it is still there, else the default lookup
-        saved = cfg.get("data_dir")
-        data_dir = saved if isinstance(saved, str) and Path(saved).expanduser().is_dir() else None
-    dev = resolve_device(device)
-    _, test_loader, info = build_data(dataset, data_dir, batch_size, device=dev, eval_batch_size=batch_size,
-                                      augment=False, limit_train=1)
-    ncls, cin = int(_info(info, "num_classes")), int(_info(info, "in_channels"))
-    if "num_classes" in meta and int(meta["num_classes"]) != ncls:
-        raise UserError(f"checkpoint {path!r} has {int(meta['num_classes'])} classes but {dataset} has "
-                        f"{ncls}; evaluate on the dataset it was trained on")
-    from .export import build_deployable, is_composite
-
-    if is_composite(cfg) and isinstance(obj, dict) and "student" in obj:
-        net = build_deployable(obj).module  # SimKD: backbone + projector + the teacher's classifier
-    else:
-        net = create_model(arch, num_classes=ncls, in_channels=cin)
-        load_state_dict_checked(net, sd, f"checkpoint {path!r}", arch, head_of(net))
-    net.to(dev)
-    t0 = time.perf_counter()
-    res = evaluate(net, test_loader, dev, amp=amp)
-    res.update(amp=resolve_amp(amp, dev)[0], model=arch, dataset=dataset, checkpoint=str(path),
-               eval_time_s=time.perf_counter() - t0)
-    if ncls <= 5:
-        res.pop("test_top5")
-    return res
+    return impl(*args, **kwargs)

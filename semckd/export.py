@@ -30,62 +30,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_path, write_text_atomic
 from .errors import UserError
-from .report import atomic_path, read_metrics, write_text_atomic
+from .runfolder import checkpoint_meta, load_training_checkpoint, read_metrics, strip_wrapper_prefixes
 
 __all__ = ["ALL_FORMATS", "ExportResult", "build_deployable", "export_checkpoint", "is_composite",
            "load_checkpoint"]
 
 ALL_FORMATS = ("state_dict", "torchscript", "onnx")
 
-# input size of each dataset's images as the engine feeds them (image folders: the 224 centre crop)
-_INPUT_SIZE = {"fashion_mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
-
-
-def _dataset_stats(dataset: str) -> tuple[int, tuple[float, ...], tuple[float, ...]] | None:
-    """(input size, mean, std) the data layer uses for ``dataset``; None for an unknown name."""
-    from .data import canonical_name, dataset_defaults
-
-    try:
-        name = canonical_name(dataset)
-    except UserError:
-        return None
-    d = dataset_defaults(name)
-    return _INPUT_SIZE.get(name, 32), tuple(d["mean"]), tuple(d["std"])
-
-
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
-    """Load a semckd training checkpoint (``weights_only=True``); a run folder means its ``best.pt``."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                p = p / name
-                break
-        else:
-            raise UserError(f"{path} has no best.pt or last.pt; pass a checkpoint file")
-    if not p.is_file():
-        raise UserError(f"checkpoint {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise UserError(f"cannot read {p} as a torch checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    if not isinstance(ckpt, dict) or "student" not in ckpt or "model" not in ckpt:
-        raise UserError(f"{p} is not a semckd training checkpoint (needs 'model' and 'student' keys); "
-                        "export works on best.pt/last.pt written by semckd train-teacher/distill")
-    return ckpt, p
-
-
-def _clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop DDP / torch.compile wrapper prefixes a state_dict may carry."""
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
+    """Deprecated: :func:`semckd.runfolder.load_training_checkpoint` (the name clashed with
+    :func:`semckd.checkpoint.load_checkpoint`, which has another contract)."""
+    warnings.warn("semckd.export.load_checkpoint is deprecated; use "
+                  "semckd.runfolder.load_training_checkpoint (same arguments and result)",
+                  DeprecationWarning, stacklevel=2)
+    return load_training_checkpoint(path)
 
 
 def _teacher_from_config(cfg: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
@@ -129,23 +89,30 @@ def build_deployable(ckpt: dict[str, Any]) -> Deployable:
     """Rebuild the student of a checkpoint (eval mode, CPU) with its trained weights."""
     from .models import create_model
 
+    meta = checkpoint_meta(ckpt)
     arch = str(ckpt["model"])
-    num_classes = int(ckpt.get("num_classes", 100))
-    in_channels = int(ckpt.get("in_channels", 3))
-    cfg = ckpt.get("config") or {}
-    dataset = str(cfg.get("dataset", ""))
-    stats = _dataset_stats(dataset) if dataset else None
-    input_size = int(cfg.get("input_size") or cfg.get("image_size") or (stats[0] if stats else 32))
-    mean = tuple(cfg["mean"]) if cfg.get("mean") else (stats[1] if stats else None)
-    std = tuple(cfg["std"]) if cfg.get("std") else (stats[2] if stats else None)
+    cfg = meta.config
+    if meta.num_classes is None or meta.in_channels is None:
+        raise UserError(f"the checkpoint of {arch!r} does not record its number of classes and input "
+                        "channels; export needs a checkpoint written by semckd train-teacher/distill")
+    num_classes, in_channels = meta.num_classes, meta.in_channels
+    if meta.input_size is None:
+        raise UserError(f"the checkpoint of {arch!r} records no input size and its dataset "
+                        f"({meta.dataset or 'not recorded'}) is not one semckd knows; export needs the input "
+                        "size to trace the network")
+    if meta.input_size[0] != meta.input_size[1]:
+        raise UserError(f"the checkpoint's input size {list(meta.input_size)} is not square; export traces "
+                        "square inputs only")
+    input_size = meta.input_size[0]
+    mean, std = meta.mean, meta.std
     student = create_model(arch, num_classes=num_classes, in_channels=in_channels)
     try:
-        student.load_state_dict(_clean_state_dict(ckpt["student"]))
+        student.load_state_dict(strip_wrapper_prefixes(ckpt["student"]))
     except RuntimeError as e:
         raise UserError(f"the checkpoint's student weights do not fit {arch!r} "
                         f"({str(e).splitlines()[0]}); was it written by another semckd version?") from e
     student.eval()
-    dep = Deployable(student, arch, num_classes, in_channels, input_size, mean, std, cfg)
+    dep = Deployable(student, arch, num_classes, in_channels, input_size, mean, std, cfg, list(meta.notes))
     if is_composite(cfg):
         dep.module = _simkd_deployable(student, ckpt, cfg, input_size, in_channels, num_classes)
         dep.plain = False
@@ -233,16 +200,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     if bad or not formats:
         raise UserError(f"unknown export format {bad[0] if bad else ''!r}; "
                         f"choose from {', '.join(ALL_FORMATS)}")
-    ckpt, ckpt_path = load_checkpoint(checkpoint)
+    ckpt, ckpt_path = load_training_checkpoint(checkpoint)
     dep = build_deployable(ckpt)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     res = ExportResult(out)
     example = torch.zeros(2, dep.in_channels, dep.input_size, dep.input_size)
     if "state_dict" in formats:
-        sd = {k: v.detach().cpu().clone() for k, v in dep.module.state_dict().items()}
-        with atomic_path(out / "student.pt") as tmp:
-            torch.save(sd, tmp)
+        from .checkpoint import atomic_save
+
+        atomic_save({k: v.detach().cpu().clone() for k, v in dep.module.state_dict().items()},
+                    out / "student.pt")
         res.files["state_dict"] = out / "student.pt"
     if "torchscript" in formats:
         _export_torchscript(dep.module, example, out / "student.torchscript.pt")

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_path
 from .errors import UserError
-from .report import atomic_path, load_run, read_metrics
+from .report import load_run
+from .runfolder import EpochRecord, read_epochs
 
 __all__ = ["attention_by_epoch", "pick_epochs", "plot_attention", "plot_curves"]
 
@@ -46,16 +48,16 @@ def _save(fig, out_path: str | os.PathLike) -> Path:
 def attention_by_epoch(run_dir: str | os.PathLike) -> list[tuple[int, list[list[float]], dict[str, Any]]]:
     """``[(epoch, S×T matrix, extras)]`` for every epoch whose metrics line carries an attention matrix."""
     out = []
-    for i, row in enumerate(read_metrics(run_dir)):
-        extras = row.get("extras") or {}
-        att = extras.get("attention") if isinstance(extras, dict) else None
+    for rec in read_epochs(run_dir):
+        extras = rec.extras or {}
+        att = extras.get("attention")
         if not att or not isinstance(att, list) or not all(isinstance(r, list) and r for r in att):
             continue
         width = len(att[0])
         if any(len(r) != width for r in att):
-            raise UserError(f"epoch {row.get('epoch', i)} of {run_dir} has a ragged attention matrix; "
+            raise UserError(f"epoch {rec.epoch} of {run_dir} has a ragged attention matrix; "
                             "each student row needs one weight per teacher layer")
-        out.append((int(row.get("epoch", i)), [[float(v) for v in r] for r in att], extras))
+        out.append((rec.epoch, [[float(v) for v in r] for r in att], extras))
     return out
 
 
@@ -123,12 +125,12 @@ def plot_attention(run_dir: str | os.PathLike, out_path: str | os.PathLike | Non
     return _save(fig, out_path if out_path is not None else run_dir / "attention.png")
 
 
-def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+def _series(rows: list[EpochRecord], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
-    for i, r in enumerate(rows):
+    for r in rows:
         v = r.get(key)
         if isinstance(v, (int, float)):
-            xs.append(int(r.get("epoch", i)))
+            xs.append(r.epoch)
             ys.append(float(v))
     return xs, ys
 
@@ -142,7 +144,7 @@ def plot_curves(run_dirs: Sequence[str | os.PathLike], out_path: str | os.PathLi
     ax_loss, ax_acc = fig.subplots(1, 2)
     has_val = False
     for d in run_dirs:
-        rows = read_metrics(d)
+        rows = read_epochs(d)
         if not rows:
             raise UserError(f"{d} has no metrics.jsonl lines; pass folders of runs that finished an epoch")
         info = load_run(d)

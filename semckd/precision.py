@@ -32,15 +32,16 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["AMP_CHOICES", "autocast_dtype", "cast_state_writes", "cpu_has_native_bf16", "emulate_bf16",
-           "emulation_active", "resolve_amp", "resolve_channels_last", "state_writes_guard",
-           "suspend_emulation"]
+__all__ = ["AMP_CHOICES", "BENCH_ALIASES", "Precision", "autocast_dtype", "cast_state_writes",
+           "cpu_has_native_bf16", "emulate_bf16", "emulation_active", "resolve_amp", "resolve_channels_last",
+           "state_writes_guard", "suspend_emulation"]
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16", "bf16-emulated")
 _ENV = "SEMCKD_AMP"
@@ -105,6 +106,94 @@ def resolve_channels_last(channels_last: bool | None, amp: str, device: torch.de
     if channels_last is not None:
         return bool(channels_last)
     return amp == "bf16" and torch.device(device).type == "cpu"
+
+
+_DESCRIPTIONS = {"none": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast",
+                 "bf16-emulated": "float32 with bfloat16 rounding (emulation)"}
+# the bench's user-facing names → (amp, channels_last); "auto" is resolved like training's default
+BENCH_ALIASES: dict[str, tuple[str, bool]] = {
+    "fp32": ("none", False), "fp32-cl": ("none", True), "bf16": ("bf16", False), "bf16-cl": ("bf16", True),
+    "fp16": ("fp16", False),
+}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One resolved precision: what a run (or an evaluation, or a benchmark row) computes in.
+
+    Why one object: the autocast dtype, the bf16 emulation, the memory format, the fp16 loss scaler and
+    the log line were derived from the ``amp`` string separately in the engine, ``evaluate`` and the
+    bench, each with its own vocabulary. Resolving ``"auto"`` once into this value and passing it
+    around keeps them from drifting apart.
+
+    ``amp`` is a resolved name (``none``, ``bf16``, ``fp16``, ``bf16-emulated``; never ``auto``),
+    ``channels_last`` the memory format of networks and inputs, ``reason`` why (logged by the engine).
+    """
+
+    amp: str
+    channels_last: bool = False
+    reason: str = "set explicitly"
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_CHOICES[1:]:
+            raise ValueError(f"a resolved precision is one of {', '.join(AMP_CHOICES[1:])}, got {self.amp!r}")
+
+    @classmethod
+    def resolve(cls, amp: str | Precision, channels_last: bool | None, device: torch.device | str
+                ) -> Precision:
+        """``amp`` (``"auto"`` included, see :func:`resolve_amp`) and ``channels_last`` (None: the
+        default of :func:`resolve_channels_last`) on ``device``; a :class:`Precision` is returned as is."""
+        if isinstance(amp, Precision):
+            return amp
+        name, why = resolve_amp(amp, device)
+        return cls(name, resolve_channels_last(channels_last, name, device), why)
+
+    @classmethod
+    def from_alias(cls, alias: str, device: torch.device | str) -> Precision:
+        """The bench's names (``fp32``, ``fp32-cl``, ``bf16``, ``bf16-cl``, ``fp16``, ``auto``) as one
+        :class:`Precision`; ``auto`` is exactly what training picks by default on ``device``."""
+        if alias == "auto":
+            return cls.resolve("auto", None, device)
+        if alias in AMP_CHOICES[1:] and alias not in BENCH_ALIASES:  # none, bf16-emulated: the engine's names
+            return cls(alias, False, f"bench precision {alias}")
+        if alias not in BENCH_ALIASES:
+            raise ValueError(f"unknown precision {alias!r}; choose from auto, {', '.join(BENCH_ALIASES)}")
+        amp, cl = BENCH_ALIASES[alias]
+        return cls(amp, cl, f"bench precision {alias}")
+
+    @property
+    def alias(self) -> str:
+        """The bench's name for this precision (``bf16-emulated`` has none and keeps its own)."""
+        base = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(self.amp, self.amp)
+        return base + ("-cl" if self.channels_last and self.amp != "bf16-emulated" else "")
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast dtype; None for the float32 precisions."""
+        return autocast_dtype(self.amp)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
+    def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager:
+        """The mixed-precision context for a forward pass on ``device``."""
+        if self.amp == "bf16-emulated":
+            return emulate_bf16()
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(device).type, dtype=self.dtype)
+
+    def grad_scaler(self, device: torch.device | str) -> torch.amp.GradScaler | None:
+        """A loss scaler where the precision needs one (fp16 on CUDA), else None."""
+        if self.amp == "fp16" and torch.device(device).type == "cuda":
+            return torch.amp.GradScaler("cuda")
+        return None
+
+    def describe(self) -> str:
+        """The engine's log line: ``bfloat16 autocast (why), channels-last``."""
+        layout = ", channels-last" if self.channels_last else ""
+        return f"{_DESCRIPTIONS[self.amp]} ({self.reason}){layout}"
 
 
 # ---------------------------------------------------------------------- bf16 emulation (numerics check)

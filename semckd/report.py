@@ -20,8 +20,9 @@ term (M = 1) for its method X, and a second table averages it over all pairs. Th
 (``semckd`` by default, ``--ari-ref`` changes it) is computed from the mean over seeds of the best
 test accuracy (``--metric final`` uses the last epoch's instead).
 
-A run folder is read leniently: ``run.json`` when present, else ``config.yaml`` + ``metrics.jsonl``
-(layout in docs/ARCHITECTURE.md), so interrupted runs and runs from older versions still report.
+A run folder is read through :mod:`semckd.runfolder`'s typed records (the schema the engine writes):
+``run.json`` (:class:`~semckd.runfolder.RunSummary`) when present, else ``config.yaml`` +
+``metrics.jsonl`` (:class:`~semckd.runfolder.EpochRecord`), so interrupted runs still report.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ from typing import Any
 
 from .atomic import atomic_path, write_text_atomic  # noqa: F401  (re-exported)
 from .errors import UserError
+from .runfolder import (
+    METRICS,
+    SUMMARY,
+    RunSummary,
+    read_config,
+    read_epochs,
+    read_metrics,  # noqa: F401  (re-exported)
+    read_summary,
+)
 
 __all__ = ["Group", "RunInfo", "ari_table", "atomic_path", "build_report", "find_runs", "group_runs",
            "load_run", "method_label", "read_metrics", "relative_improvement", "write_text_atomic"]
@@ -46,70 +56,6 @@ _METHOD_ORDER = {"vanilla": 0, "kd": 1}
 
 
 # ---------------------------------------------------------------------- reading one run
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch JSON lines of a run; a truncated last line (run killed mid-write) is skipped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg}); fix or delete it") from e
-    return obj if isinstance(obj, dict) else {}
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    import yaml
-
-    try:
-        obj = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path} is not valid YAML; fix or delete it ({str(e).splitlines()[0]})") from e
-    return obj if isinstance(obj, dict) else {}
-
-
-def _lookup(d: dict[str, Any], *keys: str) -> Any:
-    """First value found for any of ``keys``: top level first, then nested dicts (breadth first).
-
-    Dict values that carry a ``name`` (``method: {name: semckd, ...}``) resolve to that name, so both a
-    flat and a sectioned config layout work.
-    """
-    queue: list[dict[str, Any]] = [d]
-    while queue:
-        nxt: list[dict[str, Any]] = []
-        for cur in queue:
-            for k in keys:
-                if k in cur and cur[k] is not None:
-                    v = cur[k]
-                    if isinstance(v, dict):
-                        if "name" in v and v["name"] is not None:
-                            return v["name"]
-                        continue
-                    return v
-            nxt.extend(v for v in cur.values() if isinstance(v, dict))
-        queue = nxt
-    return None
-
-
 def _num(v: Any) -> float | None:
     try:
         f = float(v)
@@ -152,10 +98,11 @@ def _teacher_name(value: Any, run_dir: Path) -> str:
     if not p.is_absolute() and not p.exists():
         p = run_dir / p
     folder = p.parent if p.suffix else p
-    for meta in (_read_json(folder / "run.json"), _read_yaml(folder / "config.yaml")):
-        model = _lookup(meta, "model", "arch", "student") if meta else None
-        if isinstance(model, str):
-            return model
+    if folder.is_dir():
+        summary = read_summary(folder)
+        for model in (summary.model if summary else None, read_config(folder).get("model")):
+            if isinstance(model, str):
+                return model
     if p.suffix and p.stem in ("best", "last", "ckpt", "checkpoint", "model"):
         return p.parent.name or p.stem  # runs/t_resnet32x4/best.pt → the run's name says more
     return p.stem if p.suffix else p.name
@@ -200,50 +147,46 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run folder {d} does not exist; pass a folder made by semckd train-teacher/distill")
-    run = _read_json(d / "run.json")
-    cfg = _read_yaml(d / "config.yaml")
-    metrics = read_metrics(d)
-    if not (run or cfg or metrics):
+    has_summary = (d / SUMMARY).is_file()
+    summary = read_summary(d) or RunSummary()
+    cfg = read_config(d)
+    records = read_epochs(d)
+    if not (has_summary or cfg or records):
         raise UserError(f"{d} has no run.json, config.yaml or metrics.jsonl; is it a semckd run folder?")
 
-    def pick(*keys: str) -> Any:
-        for src in (run, cfg):
-            v = _lookup(src, *keys) if src else None
-            if v is not None:
-                return v
-        return None
+    def pick(key: str) -> Any:
+        """The run's own summary first (what it finished as), then its resolved config."""
+        v = getattr(summary, key, None)
+        return v if v is not None else cfg.get(key)
 
     kind = str(pick("kind") or "distill")
-    method = pick("method")
-    if method is None:
-        method = "vanilla" if kind in ("teacher", "train-teacher", "train_teacher") else "?"
-    student = pick("model", "student", "arch") or "?"
-    teacher_raw = pick("teacher_model", "teacher_arch")
+    method = summary.method or ("vanilla" if kind == "teacher" else cfg.get("method")) or "?"
+    student = pick("model") or "?"
+    teacher_raw = pick("teacher_model")
     if teacher_raw is None and str(method) != "vanilla":  # vanilla ignores any teacher in its config
-        teacher_raw = pick("teacher", "teacher_path")
+        teacher_raw = pick("teacher")
     dataset = pick("dataset") or "?"
     seed = pick("seed")
 
-    final = _num(pick("final_acc", "final_test_acc", "test_acc"))
-    best = _num(pick("best_acc", "best_test_acc"))
-    best_val = _num(run.get("best_val_acc"))
-    wall = _num(pick("wall_time_s", "train_time_s", "elapsed_s", "total_time_s", "time_s"))
-    epochs = int(_num(pick("epochs_done", "epoch")) or 0)
-    if metrics:
-        accs = [a for a in (_num(m.get("test_acc")) for m in metrics) if a is not None]
+    final = _num(summary.final_acc)
+    best = _num(summary.best_acc)
+    best_val = _num(summary.best_val_acc)
+    wall = _num(summary.train_time_s)
+    epochs = len(records)
+    if records:
+        accs = [a for a in (r.test_acc for r in records) if a is not None]
         if final is None and accs:
             final = accs[-1]
         if best is None:
-            bests = [b for b in (_num(m.get("best_acc")) for m in metrics) if b is not None]
+            bests = [b for b in (r.best_acc for r in records) if b is not None]
             best = bests[-1] if bests else (max(accs) if accs else None)
         if best_val is None:
-            vals = [v for v in (_num(m.get("best_val_acc")) for m in metrics) if v is not None]
+            vals = [v for v in (r.best_val_acc for r in records) if v is not None]
             best_val = vals[-1] if vals else None
         if wall is None:
-            times = [t for t in (_num(m.get("epoch_time_s")) for m in metrics) if t is not None]
+            times = [t for t in (r.epoch_time_s for r in records) if t is not None]
             wall = sum(times) if times else None
-        epochs = max(epochs, len(metrics))
-    margs = run.get("method_args", cfg.get("method_args"))
+    margs = cfg.get("method_args")
     label = method_label(str(method), margs) if str(method) != "vanilla" else "vanilla"
     setting = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in cfg.items()
                            if k not in _NOT_SETTING)) if cfg else ()
@@ -255,7 +198,7 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
 
 
 def _is_run(d: Path) -> bool:
-    return any((d / f).is_file() for f in ("run.json", "metrics.jsonl"))
+    return any((d / f).is_file() for f in (SUMMARY, METRICS))
 
 
 def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -269,7 +212,7 @@ def find_runs(paths: Iterable[str | os.PathLike]) -> list[Path]:
         if _is_run(p):
             out.append(p)
             continue
-        found = sorted({m.parent for pat in ("run.json", "metrics.jsonl") for m in p.rglob(pat)})
+        found = sorted({m.parent for pat in (SUMMARY, METRICS) for m in p.rglob(pat)})
         if not found:
             raise UserError(f"no runs under {p}: expected folders with run.json or metrics.jsonl")
         out.extend(found)

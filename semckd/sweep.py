@@ -134,14 +134,11 @@ def select_value(summary: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    p = run_dir / "run.json"
-    if not p.is_file():
-        return None
-    try:
-        run = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None
-    return run if isinstance(run, dict) and run.get("epochs") == epochs else None
+    """The summary of a cell that finished all ``epochs`` (an unreadable run.json counts as unfinished)."""
+    from .runfolder import read_summary
+
+    run = read_summary(run_dir, strict=False)
+    return run.to_dict() if run is not None and run.epochs == epochs else None
 
 
 def _table(result: SweepResult, grid: dict[str, list[Any]], seeds: Sequence[int]) -> str:
@@ -220,8 +217,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
         raise UserError(f"--seeds repeats a seed ({', '.join(map(str, seeds))})")
     if train_fn is None:
         from .engine import train as train_fn
+    from .atomic import write_text_atomic
     from .engine import _check_method_args
-    from .report import write_text_atomic
 
     out = Path(out)
     points = grid_points(grid)

@@ -625,7 +625,7 @@ def test_random_resized_crop_box_bounds():
 # ------------------------------------------------------------------------------------------ baseline
 def test_baseline_dataset_matches_device_loader_semantics():
     pytest.importorskip("PIL")
-    from semckd.data.baseline import PILAugmentDataset, baseline_loader
+    from benchmarks.baseline import PILAugmentDataset, baseline_loader
     x, y = tiny(n=6, c=3)
     ds = PILAugmentDataset(x, y, mean=[0.5] * 3, std=[0.25] * 3, pad=0, flip=False)
     img, t, i = ds[4]
@@ -661,7 +661,7 @@ def test_whole_epoch_benchmark_runs_both_pipelines(tmp_path, capsys):
     pytest.importorskip("PIL")
     import importlib.util
 
-    from semckd.bench import default_precision
+    from benchmarks.bench import default_precision
 
     make_idx_dir(tmp_path / "fm", gz=True, n_train=20)
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "epoch.py"

@@ -74,7 +74,7 @@ def test_training_default_is_auto_and_the_run_records_what_it_resolved_to(tmp_pa
 
 
 def test_bench_auto_measures_the_default_precision_once(monkeypatch):
-    from semckd import bench
+    from benchmarks import bench
 
     rows = bench.run_bench([("tiny", "resnet8", "resnet14", 8, 3, 10)], methods=["vanilla"],
                            precisions=["auto", "fp32"], batch_size=4, device="cpu", steps=1, warmup=0,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semckd.reference import ReferenceSemCKD, benchmark
+from benchmarks.reference import ReferenceSemCKD, benchmark
 from semckd.semckd import SemCKD
 
 
@@ -321,7 +321,7 @@ def test_autocast_bf16_cpu_close_to_fp32(impl: str) -> None:
 def test_keeps_no_more_for_backward_than_the_reference(config: str, impl: str) -> None:
     """Activation memory: the fast paths (channels-last by default on CPU) must not keep layout copies or
     concatenations beyond what the per-pair reference keeps (the performance issue's memory target)."""
-    from semckd.bench import saved_for_backward_mb
+    from benchmarks.bench import saved_for_backward_mb
 
     B, s_shapes, t_shapes, factor = CONFIGS[config]
     fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2)

@@ -369,14 +369,14 @@ def _has_semckd() -> bool:
     from semckd.methods import list_methods
 
     try:
-        import semckd.reference  # noqa: F401
+        import benchmarks.reference  # noqa: F401
     except ImportError:
         return False
     return "semckd" in list_methods()
 
 
 def test_bench_tiny_config_finite_numbers():
-    from semckd.bench import format_table, run_bench
+    from benchmarks.bench import format_table, run_bench
 
     methods = ["vanilla", "kd"] + (["semckd", "reference"] if _has_semckd() else [])
     torch.set_num_threads(2)  # the bench runs single-threaded below and must restore this afterwards
@@ -411,7 +411,7 @@ def test_bench_tiny_config_finite_numbers():
 
 
 def test_saved_for_backward_counts_distinct_storages():
-    from semckd.bench import saved_for_backward_mb
+    from benchmarks.bench import saved_for_backward_mb
 
     x = torch.ones(256, 1024, requires_grad=True)  # 1 MiB
     w = torch.ones(1024, 512, requires_grad=True)  # 2 MiB
@@ -436,7 +436,7 @@ def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
     (row,) = rep["results"]
     assert rep["settings"]["isolated_processes"] is True and row["mem_kind"] == "cpu ru_maxrss growth"
     assert row["peak_mem_mb"] > 50 and math.isfinite(row["ms_per_step"]) and row["gflop_per_step"] is None
-    from semckd.bench import default_precision
+    from benchmarks.bench import default_precision
 
     label = "fp32 (default)" if default_precision(torch.device("cpu")) == "fp32" else "fp32"
     assert f"| custom | resnet8 ← resnet8 | {label} | kd |" in capsys.readouterr().out
@@ -445,7 +445,7 @@ def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
 
 
 def test_bench_layer_sweep_and_op_families():
-    from semckd.bench import _family, block_layers, layer_sweep
+    from benchmarks.bench import _family, block_layers, layer_sweep
 
     s, t = create_model("resnet8"), create_model("resnet20")
     assert block_layers(s) == ["layer1.0", "layer2.0", "layer3.0"]  # the stem is not a candidate
@@ -467,7 +467,7 @@ def test_bench_layer_sweep_and_op_families():
 
 @pytest.mark.skipif(not _has_semckd(), reason="the semckd method is not available yet")
 def test_bench_component_breakdown_semckd():
-    from semckd.bench import BenchConfig, component_breakdown
+    from benchmarks.bench import BenchConfig, component_breakdown
 
     cfg = BenchConfig("resnet8", "resnet14", 8, 3, 10, method="semckd", batch_size=4, steps=1, warmup=0,
                       repeats=1, device="cpu", threads=1)
@@ -485,7 +485,7 @@ def test_bench_component_breakdown_semckd():
 
 def test_bench_fp32_channels_last_mode_is_the_same_computation():
     """fp32-cl only changes the memory format of the networks and inputs, not the numbers."""
-    from semckd.bench import BenchConfig, build_step
+    from benchmarks.bench import BenchConfig, build_step
 
     losses = {}
     for prec in ("fp32", "fp32-cl"):

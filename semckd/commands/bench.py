@@ -1,10 +1,33 @@
 """``semckd bench``: images/s, memory and FLOP/s of one training step; ``--scaling`` for SemCKD's cost
-as candidate layers and batch size grow, with a per-component breakdown."""
+as candidate layers and batch size grow, with a per-component breakdown.
+
+A thin entry point: the measurement code lives in the source checkout's ``benchmarks/bench`` package,
+not in the installed package (it is measurement, not library), so this command works from a checkout
+(``pip install -e .`` or ``python -m semckd`` there) and says so in one line elsewhere.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from types import ModuleType
+
+
+def load_bench() -> ModuleType:
+    """``benchmarks.bench`` from the checkout this ``semckd`` package sits in; one-line error otherwise."""
+    from ..errors import UserError
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "benchmarks" / "bench" / "__init__.py").is_file():
+        raise UserError("semckd bench needs a source checkout (its measurement code lives in the "
+                        "repository's benchmarks/ folder, which is not installed); clone the repository and "
+                        "run it there")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    import benchmarks.bench as bench
+
+    return bench
 
 _DESCRIPTION = """\
 Time one training step (teacher forward + student forward/backward + method losses + SGD step) for
@@ -65,8 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pairs(args: argparse.Namespace) -> list[tuple[str, str, str, int, int, int]]:
-    from ..bench import PAIRS
     from ..errors import UserError
+
+    PAIRS = load_bench().PAIRS  # noqa: N806
 
     custom = any(v is not None for v in (args.student, args.teacher, args.input_size, args.in_channels,
                                          args.num_classes))
@@ -87,9 +111,9 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, str, str, int, int, int]
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import bench
     from ..errors import UserError
 
+    bench = load_bench()
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     pairs = _pairs(args)
     if args.scaling:

@@ -7,8 +7,8 @@ import json
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..engine import evaluate_checkpoint
     from ..errors import UserError
+    from ..evaluate import evaluate_checkpoint
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build_report, write_text_atomic
+    from ..atomic import write_text_atomic
+    from ..report import build_report
 
     text = build_report(args.runs, metric=args.metric, ari_ref=args.ari_ref)
     print(text, end="")

@@ -17,7 +17,9 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
+from typing import IO
 
+from ..atomic import atomic_write
 from ..errors import UserError
 
 __all__ = ["download_and_extract", "download_file", "file_md5", "file_sha256", "safe_extract"]
@@ -49,38 +51,31 @@ def _urlopen(url: str):  # a seam tests may monkeypatch
 def download_file(url: str, dest: str | os.PathLike, md5: str, *, quiet: bool = False) -> Path:
     """Fetch ``url`` to ``dest`` (atomically) and verify its md5; a mismatch leaves nothing behind."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+
+    def write(out: IO[bytes]) -> None:  # inside the one atomic writer: a failure leaves no file behind
         h = hashlib.md5(usedforsecurity=False)
         got_bytes = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with _urlopen(url) as resp:
-                    total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
-                    for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                        out.write(chunk)
-                        h.update(chunk)
-                        got_bytes += len(chunk)
-                        if not quiet and total and sys.stderr.isatty():
-                            print(f"\rdownloading {dest.name}: {100 * got_bytes // total}%", end="",
-                                  file=sys.stderr, flush=True)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                raise UserError(f"could not download {url} ({e}); check the network, or place "
-                                f"{dest.name} in {dest.parent} by hand") from None
-            out.flush()
-            os.fsync(out.fileno())
+        try:
+            with _urlopen(url) as resp:
+                total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
+                for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                    out.write(chunk)
+                    h.update(chunk)
+                    got_bytes += len(chunk)
+                    if not quiet and total and sys.stderr.isatty():
+                        print(f"\rdownloading {dest.name}: {100 * got_bytes // total}%", end="",
+                              file=sys.stderr, flush=True)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise UserError(f"could not download {url} ({e}); check the network, or place "
+                            f"{dest.name} in {dest.parent} by hand") from None
         if not quiet and sys.stderr.isatty():
             print(file=sys.stderr)
         digest = h.hexdigest()
         if digest != md5:
             raise UserError(f"download of {url} failed its checksum (md5 {digest}, expected {md5}, "
                             f"{got_bytes} bytes); retry --download, or fetch it by hand into {dest.parent}")
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(dest, write)
     return dest
 
 

@@ -1,4 +1,5 @@
-"""A deliberately plain SemCKD, written the way the authors' code is organised: the speed/number baseline.
+"""A deliberately plain SemCKD (measurement code: lives in the checkout's benchmarks/, not in the
+installed package), written the way the authors' code is organised: the speed/number baseline.
 
 One module per (student, teacher) pair, Python loops over layers and pairs, every pair pools its own
 inputs, float32 throughout (autocast is switched off inside). Same constructor, forward signature and
@@ -9,7 +10,8 @@ benchmark can load one set of weights into both and compare time and numbers::
     fast = SemCKD(s_ch, t_ch, batch_size=64)
     fast.load_official_state_dict(ref.official_state_dict())
 
-``python -m semckd.reference`` times both on resnet8x4 ← resnet32x4 feature shapes.
+``python -m benchmarks.reference`` (from the checkout root) times both on resnet8x4 ← resnet32x4 feature
+shapes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .semckd import (
+from semckd.semckd import (
     _FREE_GRID,
     MLPEmbed,
     OfficialLayoutMixin,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .imagefolder import _pil
+from semckd.data.imagefolder import _pil
 
 __all__ = ["PILAugmentDataset", "baseline_loader"]
 
