@@ -485,7 +485,7 @@ def test_cpu_batches_leave_thread_setting_alone():
         torch.set_num_threads(before)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda  # skipped without CUDA (tests/conftest.py)
 def test_device_loader_cuda_matches_cpu():
     x, y = tiny(n=50, c=3, h=8, w=8)
     cpu = collect(loader(x, y, batch_size=8), 4)
