@@ -390,11 +390,7 @@ def _key_lines(step: dict[str, Any]) -> list[str]:
                "|---|---|" + "---:|" * (len(METHODS) + 1)]
         for pair, prec in dict.fromkeys((r["pair"], r["precision"]) for r in rows):
             sel = [r for r in rows if r["pair"] == pair and r["precision"] == prec]
-            by = {r["method"]: r for r in sel}
-            if prec != "fp32" and "reference" not in by:  # the fp32 reference is the baseline of every row
-                ref = next((r for r in rows if r["pair"] == pair and r["method"] == "reference"), None)
-                if ref:
-                    by["reference"] = {**ref, "ms_per_step": None}
+            by = {r["method"]: r for r in sel}  # reference: fp32 rows only, the baseline of every speed-up
             sp = (by.get("semckd") or {}).get("speedup_vs_reference")
             label = prec + (" (default)" if any(r["default"] for r in sel) else "")
             out.append(f"| {pair} | {label} | " + " | ".join(_ms((by.get(m) or {}).get("ms_per_step"))
@@ -409,7 +405,7 @@ def _key_lines(step: dict[str, Any]) -> list[str]:
             out.append(f"| {ds} ({d.get('data')}) | {d.get('images')} | {_ms(d.get('baseline_s'))} | "
                        f"{_ms(d.get('semckd_s'))} ({d.get('precision')}) | {f'{sp:.2f}x' if sp else '—'} |")
         return out
-    return ["", "  " + ", ".join(f"{k} {_ms(v) if isinstance(v, float) else v}" for k, v in f.items())]
+    return ["", "  " + ", ".join(f"{k} {f'{v:.4g}' if isinstance(v, float) else v}" for k, v in f.items())]
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -314,6 +314,9 @@ def test_summary_builder_reports_every_step_and_its_figures(real_bench_json, tmp
     assert df["nccl_version"] == "2.21.5+cuda12.4" and gc.ddp_check(df) is None
     assert gc.ddp_check({**df, "device": "cpu"}) == "trained on cpu, not CUDA (so not NCCL)"
     assert gc.ddp_check({**df, "world_size": 1}) == "run.json world_size 1, expected 2"
+    assert gc._key_lines({"name": "ddp", "figures": df}) == [
+        "", "  world_size 2, device cuda:0, amp bf16, train_time_s 3.5, final_acc 71.2, "
+            "ddp_param_max_abs_diff 0, nccl_version 2.21.5+cuda12.4"]
 
     tf = gc.pytest_figures(tmp_path, "....\n1 passed, 3 skipped, 761 deselected in 3.38s\n")
     assert tf == {"passed": 1, "skipped": 3, "deselected": 761} and gc.pytest_check(tf) is None
