@@ -241,8 +241,8 @@ def real_bench_json(tmp_path_factory) -> dict:
 
 def _gpu_like(real: dict) -> dict:
     """The real file grown into a check-sized one: rows copied from the real row with the bench's own
-    speed-up code (semckd.bench._add_speedups) filling in the ratios."""
-    from semckd.bench import _add_speedups
+    speed-up code (benchmarks.bench.table._add_speedups) filling in the ratios."""
+    from benchmarks.bench.table import _add_speedups
 
     data = copy.deepcopy(real)
     (kd,) = data["results"]
