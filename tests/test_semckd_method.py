@@ -32,6 +32,7 @@ class TinyNet(nn.Module):
                                     nn.BatchNorm2d(4 * width), nn.ReLU())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * width, num_classes)
+        self.stem_name = "stem"
         self.stage_names = ["stem", "stage1", "stage2"]
         self.head_name = "fc"
 
