@@ -8,7 +8,7 @@ from torch import nn
 
 from semckd.methods import BuildContext, build_distiller, method_options
 from semckd.methods.semckd import SemCKDDistiller
-from semckd.models import create_model, list_models
+from semckd.models import create_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -157,8 +157,6 @@ def test_extras_state_round_trip() -> None:
     assert "regressor11.regressor.6.weight" in official
 
 
-@pytest.mark.skipif("resnet8x4" not in list_models() or "resnet32x4" not in list_models(),
-                    reason="zoo CIFAR ResNets not available")
 def test_zoo_resnet8x4_from_resnet32x4_uses_the_authors_layers() -> None:
     torch.manual_seed(0)
     student, teacher = create_model("resnet8x4", num_classes=10), create_model("resnet32x4", num_classes=10)

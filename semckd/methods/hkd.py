@@ -22,7 +22,7 @@ and this module reproduces:
 This implementation is the student-side step; it runs with any teacher. For the faithful two-pass
 protocol, train the auxiliary network first (``semckd distill --method pkt --model <wider student>``)
 and pass its checkpoint as the teacher of the ``hkd`` run. Used directly with the real teacher (what
-the recipes do by default) it is a one-pass simplification, documented in ``docs/methods_b.md``.
+the recipes do by default) it is a one-pass simplification, documented in ``docs/methods.md``.
 
 ``critical_period=True`` switches to the original paper's schedule instead (passalis/pkth
 ``exp2_proposed.py``): the deepest pair keeps weight 1, every other pair has weight

@@ -19,7 +19,7 @@ ResNets: each stage's residual sum before its last ReLU; VGG: each block before 
 through the next BN), tapped by a second hook on the teacher. A teacher that declares none (MobileNetV2,
 ShuffleNets, models outside the zoo) and ``teacher_preact=False`` use the post-activation stage outputs;
 student levels are always post-activation (the authors' ``STU_PREACT = False``). Deliberate difference,
-documented in ``docs/methods_b.md``: when the two networks have different numbers of levels the deepest
+documented in ``docs/methods.md``: when the two networks have different numbers of levels the deepest
 ``min(S, T)`` are paired (the authors hand-pick per architecture pair).
 """
 
