@@ -160,7 +160,7 @@ REPORTED: dict[tuple[str, str], dict[str, tuple[float, str]]] = {
 NOT_REPORTED_NOTE = ("no number for this pair and method was verified against a readable source; the "
                      "SemCKD paper (AAAI 2021 Tables 1-2 / TKDE 2022) may list one")
 HKD_NOTE = ("the SemCKD paper's HKD runs distil from an auxiliary double-width student trained with PKT "
-            "(two-pass); this recipe distils from the teacher directly (see docs/methods_b.md)")
+            "(two-pass); this recipe distils from the teacher directly (see docs/methods.md)")
 
 # the SemCKD paper's seven CIFAR-100 teacher → student pairs
 CIFAR_PAIRS = [
@@ -425,7 +425,7 @@ def render_table(recipes: dict[Path, dict[str, Any]]) -> str:
         "with the settings of the source it cites (`source:` in the file: repository, script, flags), so the",
         "*reported* top-1 is what that source published for that setting. Cell `—`: no number was checked",
         "against a readable source (see the recipe's `reported.note`). Method options not listed are the",
-        "method's defaults, which follow the SemCKD code (docs/methods_a.md, docs/methods_b.md).",
+        "method's defaults, which follow the SemCKD code (docs/methods.md).",
         "",
     ]
     by_pair: dict[str, list[tuple[Path, dict[str, Any]]]] = {}

@@ -412,7 +412,7 @@ def resolve_config(
         if config_file:
             file_values = load_yaml(config_file)
             # ``reported:`` is recipe metadata (the accuracy the literature reports; configs/**), not a
-            # run setting: accepted in a config file and ignored (added for the recipes; docs/methods_b.md)
+            # run setting: accepted in a config file and ignored (docs/recipe_sources.md)
             file_values.pop("reported", None)
             if "source" in file_values:  # recipe provenance (configs/**): checked, then dropped
                 check_source(file_values.pop("source"), f"config file {config_file!r}")

@@ -1,7 +1,9 @@
 """The training loop: method-agnostic, resumable, DDP-aware.
 
 The engine knows a distillation method only through the :class:`~semckd.methods.Distiller` protocol:
-``forward(images, targets, index) -> (logits, {name: weighted loss})`` plus optional hooks. Training a
+``forward(images, targets, index) -> (logits, {name: weighted loss})`` plus the base class's hooks
+(every method has them; the defaults do nothing) and the registry's answers about a method spec
+(teacher needed, tied to the batch size) asked before any data is built. Training a
 teacher is the same loop with method ``vanilla`` and no teacher, so both commands share every feature
 (AMP, channels-last, DDP, exact resume, metrics).
 
@@ -22,6 +24,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,7 +139,9 @@ def lr_factor(epoch_index: int, cfg: TrainConfig) -> float:
 
 
 def _method_names(spec: str) -> list[str]:
-    return [n.strip() for n in spec.split("+") if n.strip()]
+    from .methods.registry import method_names
+
+    return method_names(spec)
 
 
 def _check_method_args(spec: str, args: dict[str, Any]) -> None:
@@ -165,9 +170,9 @@ def _check_method_args(spec: str, args: dict[str, Any]) -> None:
 
 
 def _needs_teacher(spec: str) -> bool:
-    from .methods import get_method
+    from .methods.registry import needs_teacher
 
-    return any(get_method(n).needs_teacher for n in _method_names(spec))
+    return needs_teacher(spec)
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
@@ -375,10 +380,16 @@ class _Trainer:
         cfg = self.cfg
         from .data import build_splits, train_targets
         from .methods import BuildContext, build_distiller
+        from .methods.registry import any_batch_size_hint, needs_full_batches
         from .models import create_model, resolve_model
 
         spec = cfg.method_spec
         _check_method_args(spec, cfg.method_args)
+        # a method tied to the batch size (SemCKD's faithful mode) says so before the data is built:
+        # its training loader then yields full batches only
+        full = needs_full_batches(spec, cfg.method_args)
+        lift = any_batch_size_hint(spec, cfg.method_args)
+        hint = f" or --method-args {lift}" if lift else ""
         for flag, name in (("--model", cfg.model), ("--teacher-model", cfg.teacher_model)):
             if name:  # fail before loading any data (a pkg.module:factory path is imported here)
                 try:
@@ -410,7 +421,7 @@ class _Trainer:
         eval_bs = cfg.eval_batch_size or self.batch
         self.train_loader, self.val_loader, self.test_loader, info = build_splits(
             cfg.dataset, cfg.data_dir, self.batch, device=device, download=cfg.download,
-            limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=False, seed=cfg.seed,
+            limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=full, seed=cfg.seed,
             rank=env.rank, world_size=env.world_size, channels_last=self.channels_last, workers=cfg.workers,
             augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
         self.info = info
@@ -418,6 +429,14 @@ class _Trainer:
         self.in_channels = int(_info(info, "in_channels"))
         self.data_info = info
         num_train = int(_info(info, "num_train"))
+        per_rank = -(-num_train // env.world_size)  # shards are padded to equal size
+        if full and per_rank < self.batch:
+            raise UserError(f"method {spec!r} needs full batches of {self.batch} but each process has "
+                            f"only {per_rank} training images; lower --batch-size or raise --limit-train"
+                            f"{hint}")
+        if full and per_rank % self.batch:
+            self.note(f"method {spec!r} is tied to batch size {self.batch}: the last partial training "
+                      f"batch ({per_rank % self.batch} images per process) is dropped every epoch")
         if len(self.train_loader) == 0:
             raise UserError(f"no training batches (dataset {cfg.dataset!r} has {num_train} training images "
                             f"for {env.world_size} process(es)); lower --batch-size or raise --limit-train")
@@ -449,31 +468,25 @@ class _Trainer:
         self.student = student
         # what test accuracy measures: the network a user deploys (SimKD's student answers through the
         # projector and the teacher's classifier, so its own head would be scored at chance)
-        dep = getattr(distiller, "deployable_student", None)
-        self.eval_model: nn.Module = dep() if callable(dep) else student
+        self.eval_model: nn.Module = distiller.deployable_student()
 
-        # a method tied to one batch size (SemCKD's faithful mode) gets only full batches
         self.fixed = distiller.fixed_batch_size
+        self.skip_partial = False  # only for a method that reports a fixed size without declaring it
         if self.fixed is not None:
-            from .methods import method_options
-
-            hint = (" or --method-args mode=batch_free" if len(_method_names(spec)) == 1
-                    and "mode" in method_options(spec) else "")
             if self.fixed != self.batch:
                 good = self.fixed * env.world_size
                 raise UserError(f"method {spec!r} is built for batch size {self.fixed} but each process "
                                 f"trains with {self.batch}; use --batch-size {good}{hint}")
-            per_rank = -(-num_train // env.world_size)  # shards are padded to equal size
-            if per_rank < self.fixed:
-                raise UserError(f"method {spec!r} needs full batches of {self.fixed} but each process has "
-                                f"only {per_rank} training images; lower --batch-size or raise --limit-train"
-                                f"{hint}")
-            if eval_bs != self.fixed and hasattr(distiller, "observe"):
+            if not full:
+                self.skip_partial = True
+                msg = (f"method {spec!r} reports fixed_batch_size but does not declare "
+                       "needs_full_batches(options); partial training batches are skipped in the loop. "
+                       "Declare the classmethod so the loader drops them (see docs/ARCHITECTURE.md)")
+                warnings.warn(msg, FutureWarning, stacklevel=2)
+                self.note(msg)
+            if eval_bs != self.fixed and distiller.observes:
                 self.note(f"method {spec!r} summarises test batches of {self.fixed} only; with "
                           f"--eval-batch-size {eval_bs} its per-epoch summary (extras) stays empty")
-            if per_rank % self.fixed:
-                self.note(f"method {spec!r} is tied to batch size {self.fixed}: the last partial training "
-                          f"batch ({per_rank % self.fixed} images per process) is dropped every epoch")
 
         params = distiller.trainable_parameters()
         self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -679,8 +692,7 @@ class _Trainer:
         self.model.train()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch - 1)  # loaders count epochs from 0 (like DistributedSampler)
-        if hasattr(self.distiller, "on_epoch_start"):
-            self.distiller.on_epoch_start(epoch)
+        self.distiller.on_epoch_start(epoch)
         names: list[str] = []
         sums: torch.Tensor | None = None  # total loss, correct, n, per-term losses
         check_every = 1 if device.type == "cpu" else cfg.log_every
@@ -696,7 +708,7 @@ class _Trainer:
         for batch in self.train_loader:
             images, targets = batch[0], batch[1]
             index = batch[2] if len(batch) > 2 else None
-            if self.fixed is not None and images.shape[0] != self.fixed:
+            if self.skip_partial and images.shape[0] != self.fixed:
                 continue
             step += 1
             fault_point("step")
@@ -752,7 +764,7 @@ class _Trainer:
                      f"{cfg.dataset} for {cfg.epochs} epochs on {self.device}"
                      + (f" x{env.world_size} processes" if env.enabled else "") + f" → {cfg.out}")
             self.say(f"precision: {self.precision.describe()}")
-        observer = self.distiller if hasattr(self.distiller, "observe") else None
+        observer = self.distiller if self.distiller.observes else None
         t_start = time.perf_counter()
         last_test: dict[str, float] = {}
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -776,8 +788,7 @@ class _Trainer:
                 self.distiller.train()
             if val:
                 test = {**test, "val_acc": val["val_acc"]}
-            pop = getattr(observer, "pop_summary", None) if observer is not None else None
-            extras = pop() if pop is not None else None
+            extras = observer.pop_summary() if observer is not None else None
             self._check_state_finite(epoch, test)
             improved = self._improved(test, val)
             if improved:
@@ -846,7 +857,7 @@ class _Trainer:
         if m is not None:
             m.close()
         d = getattr(self, "distiller", None)
-        if d is not None and hasattr(d, "remove_taps"):
+        if d is not None:
             d.remove_taps()
         env = getattr(self, "env", None)
         if env is not None:

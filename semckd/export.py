@@ -80,9 +80,11 @@ class Deployable:
 
 def is_composite(cfg: dict[str, Any]) -> bool:
     """Whether a run's deployable network is more than its student (SimKD: + projector + the teacher's
-    classifier); ``cfg`` is the config a checkpoint records."""
-    methods = [m.strip() for m in str(cfg.get("method", "")).split("+")]
-    return cfg.get("kind", "distill") != "teacher" and "simkd" in methods
+    classifier); ``cfg`` is the config a checkpoint records. Each method declares it
+    (``Distiller.deployable_is_student``), so this reads the method name alone."""
+    from .methods.registry import deployable_is_student
+
+    return cfg.get("kind", "distill") != "teacher" and not deployable_is_student(str(cfg.get("method", "")))
 
 
 def build_deployable(ckpt: dict[str, Any]) -> Deployable:
@@ -114,17 +116,19 @@ def build_deployable(ckpt: dict[str, Any]) -> Deployable:
     student.eval()
     dep = Deployable(student, arch, num_classes, in_channels, input_size, mean, std, cfg, list(meta.notes))
     if is_composite(cfg):
-        dep.module = _simkd_deployable(student, ckpt, cfg, input_size, in_channels, num_classes)
+        dep.module = _composite_deployable(student, ckpt, cfg, input_size, in_channels, num_classes)
         dep.plain = False
-        dep.arch = f"simkd({arch})"
-        dep.notes.append("SimKD: the network is the student backbone + the trained projector + the "
-                         "teacher's classifier; student.pt holds that composite's state_dict, which does "
-                         f"not load into create_model({arch!r}). Use the TorchScript/ONNX files to deploy.")
+        method = str(cfg["method"])
+        dep.arch = f"{method}({arch})"
+        dep.notes.append(f"{method}: the network is the student backbone + the method's trained modules "
+                         "(SimKD: the projector + the teacher's classifier); student.pt holds that "
+                         f"composite's state_dict, which does not load into create_model({arch!r}). Use the "
+                         "TorchScript/ONNX files to deploy.")
     return dep
 
 
-def _simkd_deployable(student: nn.Module, ckpt: dict[str, Any], cfg: dict[str, Any], input_size: int,
-                      in_channels: int, num_classes: int) -> nn.Module:
+def _composite_deployable(student: nn.Module, ckpt: dict[str, Any], cfg: dict[str, Any], input_size: int,
+                          in_channels: int, num_classes: int) -> nn.Module:
     from .methods import BuildContext, build_distiller
 
     teacher = _teacher_from_config(cfg, num_classes, in_channels)
@@ -133,9 +137,6 @@ def _simkd_deployable(student: nn.Module, ckpt: dict[str, Any], cfg: dict[str, A
                        num_classes=num_classes, num_samples=1)
     distiller = build_distiller(str(cfg["method"]), student, teacher, ctx, dict(cfg.get("method_args") or {}))
     distiller.load_extras_state_dict(dict(ckpt.get("extras") or {}))
-    if not hasattr(distiller, "deployable_student"):
-        raise UserError("this semckd version's SimKD distiller has no deployable_student(); "
-                        "cannot export a SimKD student")
     module = distiller.deployable_student()
     return module.eval()
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["FeatureTap", "LayerName", "discover_head", "discover_stages", "model_layout", "unwrap"]
+__all__ = ["FeatureTap", "LayerName", "declared_stem", "discover_head", "discover_stages", "model_layout",
+           "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -279,6 +281,33 @@ def _no_head(base: nn.Module) -> ValueError:
     return ValueError(f"{type(base).__name__} has no nn.Linear classifier to tap; name the module whose "
                       "input is the pooled embedding with --method-args student_head=NAME "
                       "(teacher_head=NAME for the teacher)")
+
+
+def declared_stem(model: nn.Module) -> str | None:
+    """The module whose output is ``model``'s stem map (the authors' ``is_feat`` f0), or None.
+
+    Zoo models declare it as ``stem_name``, apart from their stages, so the one "drop the stem" rule
+    (:meth:`semckd.methods.Distiller.student_stages`) needs no guess: methods that follow the authors'
+    ``feat[1:]`` skip the stem when the tapped layers are the model's declared ones and start with it.
+    ``stem_name = None`` declares a model without a stem. A model that declares ``stage_names`` but no
+    ``stem_name`` keeps the convention from before stems were declared (its first stage is the stem),
+    with a FutureWarning asking it to say so.
+    """
+    base = unwrap(model)
+    if hasattr(base, "stem_name"):  # declared, possibly None
+        stem = base.stem_name
+    else:
+        stages = _as_names(getattr(base, "stage_names", None))
+        if not stages:
+            return None
+        stem = stages[0]
+        warnings.warn(f"{type(base).__name__} declares stage_names but no stem_name; treating its first "
+                      f"stage {stem!r} as the stem (skipped by methods that follow the authors' "
+                      f"feat[1:]) as before. Declare stem_name = {stem!r} (or None for no stem).",
+                      FutureWarning, stacklevel=2)
+    if stem is None:
+        return None
+    return _resolve(base, [stem])[0][0]
 
 
 def model_layout(model: nn.Module, example_input: torch.Tensor,

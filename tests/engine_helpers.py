@@ -37,8 +37,9 @@ def make_fashion_mnist(root: Path, n_train: int = 256, n_test: int = 128, size: 
 
 
 class TinyNet(nn.Module):
-    """Two conv stages + linear head, declaring stage_names/head_name like every zoo model."""
+    """Two conv stages + linear head, declaring stem_name/stage_names/head_name like every zoo model."""
 
+    stem_name = "conv1"
     stage_names = ["conv1", "conv2"]
     head_name = "fc"
 
@@ -86,6 +87,10 @@ def register_probe_methods() -> None:
             self.observed: list[int] = []
             self.train_batches: list[int] = []
             self._epoch = 0
+
+        @classmethod
+        def needs_full_batches(cls, options):
+            return bool(options.get("fixed", False))
 
         @property
         def fixed_batch_size(self):

@@ -12,10 +12,8 @@ import pytest
 import torch
 from engine_helpers import make_fashion_mnist
 
-import semckd.methods  # noqa: F401  (registers the methods)
 from semckd.checkpoint import FORMAT
 from semckd.engine import evaluate_checkpoint
-from semckd.methods import list_methods
 from semckd.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow  # two torchrun processes (~15-20 s on 2 busy cores)
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
 def test_torchrun_two_processes_faithful_semckd(tmp_path):
-    method = "semckd" if "semckd" in list_methods() else "kd"
+    method = "semckd"  # no fallback: a missing or broken method must fail this test, not pass as KD
     data = make_fashion_mnist(tmp_path / "data", n_train=256, n_test=100)
     torch.manual_seed(0)
     teacher = tmp_path / "teacher.pt"
@@ -49,14 +47,13 @@ def test_torchrun_two_processes_faithful_semckd(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["world_size"] == 2
     assert run["ddp_param_max_abs_diff"] == 0.0  # the ranks' students are identical after training
-    if method == "semckd":
-        assert m["train_images"] == 2 * 3 * 32  # full per-process batches of 32 only
-        assert "train_semckd" in m
-        att = m["extras"]["attention"]
-        assert len(att) == 3 and all(len(r) == 3 for r in att)  # resnet8: 3 stages after the stem
-        assert all(abs(sum(r) - 1) < 1e-4 for r in att)
-        ck = torch.load(out / "last.pt", weights_only=True)
-        assert ck["config"]["batch_size"] == 64
+    assert m["train_images"] == 2 * 3 * 32  # full per-process batches of 32 only
+    assert "train_semckd" in m
+    att = m["extras"]["attention"]
+    assert len(att) == 3 and all(len(r) == 3 for r in att)  # resnet8: 3 stages after the stem
+    assert all(abs(sum(r) - 1) < 1e-4 for r in att)
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["config"]["batch_size"] == 64
     # the logged accuracy is over the whole test set (correct counts summed across the two shards)
     res = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
     assert res["test_n"] == 100 and res["test_acc"] == pytest.approx(m["test_acc"])

@@ -141,6 +141,23 @@ def test_hooks_fixed_batch_and_extras(data_dir, tmp_path, capsys):
     assert line["extras"] == {"observed": []} and line["train_images"] == 192
 
 
+def test_undeclared_fixed_batch_size_still_trains_with_a_warning(data_dir, tmp_path, monkeypatch, capsys):
+    """A method written before ``needs_full_batches`` existed (it only reports ``fixed_batch_size``)
+    keeps working: partial batches are skipped in the loop, and it is told to declare the classmethod."""
+    from semckd.methods import Distiller, get_method, registry
+
+    class OldStyle(get_method("engine_probe")):
+        name = "engine_probe_old"
+        needs_full_batches = classmethod(Distiller.needs_full_batches.__func__)
+
+    monkeypatch.setitem(registry._METHODS, OldStyle.name, OldStyle)
+    with pytest.warns(FutureWarning, match="does not declare needs_full_batches"):
+        t = run(cfg(data_dir, tmp_path / "old", limit_train=200, method="engine_probe_old",
+                    method_args={"fixed": True}))
+    assert set(t.distiller.train_batches) == {32} and len(t.distiller.train_batches) == 6
+    assert "does not declare needs_full_batches" in capsys.readouterr().err
+
+
 def test_teacher_frozen_and_optimizer_covers_student_and_method_modules(data_dir, tmp_path):
     run(cfg(data_dir, tmp_path / "t", kind="teacher", model=TINY + "_wide"))
     teacher_file = tmp_path / "t" / "best.pt"

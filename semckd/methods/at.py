@@ -6,27 +6,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureTap, unwrap
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
-__all__ = ["AT", "attention_map", "at_loss", "match_spatial", "stage_pairs", "uses_default_stages"]
-
-
-def uses_default_stages(tap: FeatureTap, model: nn.Module) -> bool:
-    """True when ``tap`` watches the model's declared ``stage_names`` (whose first entry is the stem)."""
-    return tap.names == list(getattr(unwrap(model), "stage_names", None) or [])
+__all__ = ["AT", "attention_map", "at_loss", "match_spatial", "stage_pairs"]
 
 
-def stage_pairs(s_feats: list[torch.Tensor], t_feats: list[torch.Tensor], *, skip_s: bool, skip_t: bool
-                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The authors' ``zip(feat_s[1:-1], feat_t[1:-1])`` on tapped stages.
+def stage_pairs(d: Distiller, s: Outputs, t: Outputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The authors' ``zip(feat_s[1:-1], feat_t[1:-1])`` on the tapped stages of ``d``'s networks.
 
-    Zoo stage lists are the authors' ``is_feat`` maps (stem first), so the stem is dropped (``skip_*``)
-    unless the user named the layers explicitly, in which case every named layer is used. When the
-    counts differ, ``zip`` pairs the shallowest stages in order and leaves the longer network's deepest
-    extra stages unused, exactly as in RepDistiller/SemCKD.
+    The stem is dropped by the shared rule (:meth:`Distiller.student_stages`: the declared stem of a
+    zoo model; layers named explicitly are all used). When the counts differ, ``zip`` pairs the
+    shallowest stages in order and leaves the longer network's deepest extra stages unused, exactly as
+    in RepDistiller/SemCKD.
     """
-    return list(zip(s_feats[1 if skip_s else 0:], t_feats[1 if skip_t else 0:], strict=False))
+    return list(zip(d.student_stages(s.feats), d.teacher_stages(t.feats), strict=False))
 
 
 def match_spatial(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,14 +67,13 @@ class AT(Distiller):
         self.beta = beta
         self.p = p
         assert teacher is not None and self.t_tap is not None
-        self._skip = (uses_default_stages(self.s_tap, student), uses_default_stages(self.t_tap, teacher))
         s, t = self.probe(ctx.example_input)
         assert t is not None
         if not self.pairs(s, t):
             raise ValueError("at found no stage pairs after the stem; pass student_layers=/teacher_layers=")
 
     def pairs(self, s: Outputs, t: Outputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return stage_pairs(s.feats, t.feats, skip_s=self._skip[0], skip_t=self._skip[1])
+        return stage_pairs(self, s, t)
 
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -3,13 +3,20 @@
 A distiller owns the student, the (frozen) teacher, the feature taps on both, and whatever trainable
 modules the method adds (projectors, embeddings, memory banks). ``forward(images, targets, index)``
 returns ``(student_logits, {loss_name: weighted_loss})``; the engine sums the dict, logs each key and
-never branches on a method's name. Adding a method means one new file with a registered subclass.
+never branches on a method's name. Everything else the engine, the exporter and a combination need is
+a real method or declaration on :class:`Distiller` with a no-op default — hooks
+(:meth:`~Distiller.on_epoch_start`, :meth:`~Distiller.observe`, :meth:`~Distiller.pop_summary`,
+:meth:`~Distiller.deployable_student`) and class-level declarations read before anything is built
+(``needs_teacher``, :meth:`~Distiller.needs_full_batches`, ``deployable_is_student``) — so nothing
+probes for optional attributes. Adding a method means one new file with a registered subclass; the
+registry is :mod:`semckd.methods.registry`.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+import importlib
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,18 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureTap, LayerName, model_layout, unwrap
+from ..features import FeatureTap, LayerName, declared_stem, model_layout, unwrap
 from ..precision import state_writes_guard
 
 __all__ = [
     "BuildContext",
     "Distiller",
     "Outputs",
-    "build_distiller",
-    "declares_stages",
     "kd_loss",
-    "list_methods",
-    "register_method",
     "standardize_logits",
 ]
 
@@ -69,10 +72,13 @@ def kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float =
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
 
-def declares_stages(model: nn.Module | None) -> bool:
-    """Whether ``model`` names its stages (zoo models: stem first, which methods following the authors
-    skip); layers discovered on other models, like layers named explicitly, are all used."""
-    return model is None or getattr(unwrap(model), "stage_names", None) is not None
+def _drops_stem(model: nn.Module, layers: Any, tap: FeatureTap) -> bool:
+    """Whether the first map of ``tap`` is ``model``'s declared stem and is to be skipped: only when the
+    layers were not named explicitly (``layers is None``) and the model declares a stem."""
+    if layers is not None or not tap.names:
+        return False
+    stem = declared_stem(model)
+    return stem is not None and tap.names[0] == stem
 
 
 class Distiller(nn.Module):
@@ -86,7 +92,20 @@ class Distiller(nn.Module):
     Subclasses set ``name`` and ``paper`` and override :meth:`distill_losses` (and, only if the method
     changes the forward pass itself, :meth:`forward`). Constructor keyword arguments are the method's
     options; their defaults are the original paper's / authors' settings, and unknown keys are rejected
-    by :func:`build_distiller`.
+    by :func:`~semckd.methods.build_distiller`.
+
+    The engine calls every hook below on every method; each has a working default, so a method
+    overrides only what it uses:
+
+    * :meth:`on_epoch_start` — the epoch about to be trained; read it as :attr:`current_epoch`
+      (call :meth:`track_epoch` in ``__init__`` to keep it in the checkpointed ``epoch`` buffer);
+    * :meth:`observe` / :meth:`pop_summary` — per-epoch diagnostics on evaluation batches
+      (:attr:`observes` says whether there are any);
+    * :meth:`deployable_student` — the network evaluated and exported (the student by default).
+
+    Class-level declarations are read from the method name and options alone, before any data or
+    model exists: ``needs_teacher``, :meth:`needs_full_batches` (+ ``any_batch_size_options``) and
+    ``deployable_is_student``.
 
     The teacher is registered as a submodule so ``.to(device)`` moves it, but it is frozen, always in
     eval mode, excluded from :meth:`trainable_parameters` and from :meth:`extras_state_dict`.
@@ -95,6 +114,12 @@ class Distiller(nn.Module):
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
+    #: whether :meth:`deployable_student` is the bare student, i.e. a checkpoint's student weights are
+    #: the whole deployable network (False for SimKD: projector + the teacher's classifier). Read from
+    #: the method name alone by ``semckd eval``/``export``, which rebuild the distiller only if False.
+    deployable_is_student: ClassVar[bool] = True
+    #: options that lift :meth:`needs_full_batches` (shown in batch-size errors), e.g. ``{"mode": ...}``
+    any_batch_size_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -142,6 +167,14 @@ class Distiller(nn.Module):
                 self.t_tap = FeatureTap(teacher, t_layers, input_of=[t_head], detach=True)
         self.s_head_name: str = self.s_tap.input_names[0]
         self.t_head_name: str | None = self.t_tap.input_names[0] if self.t_tap is not None else None
+        # the one "drop the stem" rule, decided per network (see student_stages)
+        self.stem_dropped: tuple[bool, bool] = (
+            _drops_stem(student, student_layers, self.s_tap),
+            teacher is not None and self.t_tap is not None
+            and _drops_stem(teacher, teacher_layers, self.t_tap))
+        self._current_epoch = 0  # no epoch started yet; the engine counts from 1
+        self._tracks_epoch = False
+        self._state_device = ctx.example_input.device
 
     # ------------------------------------------------------------------ forward passes
     def student_forward(self, images: torch.Tensor) -> Outputs:
@@ -168,6 +201,20 @@ class Distiller(nn.Module):
             self.student.train(was)
         return s, t
 
+    def student_stages(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The student's maps after its stem: ``feats[1:]`` when the stem is dropped, else all.
+
+        The one rule every method that follows the authors' ``feat[1:]`` uses: the stem is dropped
+        when the tapped layers are the model's declared ones and begin with its declared
+        ``stem_name`` (zoo models; see :func:`semckd.features.declared_stem`). Layers named
+        explicitly, and layers discovered on a model that declares nothing, are all used.
+        """
+        return list(feats[1:] if self.stem_dropped[0] else feats)
+
+    def teacher_stages(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The teacher's maps after its stem (same rule as :meth:`student_stages`)."""
+        return list(feats[1:] if self.stem_dropped[1] else feats)
+
     def base_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         losses: dict[str, torch.Tensor] = {}
         if self.ce_weight:
@@ -190,11 +237,71 @@ class Distiller(nn.Module):
             losses.update(self.distill_losses(s, t, targets, index))
         return s.logits, losses
 
-    # ------------------------------------------------------------------ engine helpers
+    # ------------------------------------------------------------------ declarations
+    @classmethod
+    def needs_full_batches(cls, options: Mapping[str, Any]) -> bool:
+        """Whether the method built with ``options`` is tied to the training batch size (its modules
+        are sized by ``BuildContext.batch_size``, e.g. SemCKD's faithful mode), so every training
+        batch must be full. Answered from the options alone, before any data is built: the engine
+        then builds a training loader that drops the last partial batch. Default: any batch works."""
+        return False
+
     @property
     def fixed_batch_size(self) -> int | None:
-        """A batch size the method's modules are tied to (SemCKD's faithful mode), else None."""
+        """The batch size the built modules are tied to (see :meth:`needs_full_batches`), else None."""
         return None
+
+    # ------------------------------------------------------------------ hooks (engine calls all of them)
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called by the engine before each training epoch (1-based, as in mdistiller), on a resumed
+        run too, so this is the single source of the epoch. Schedules read :attr:`current_epoch`.
+        Override to do more, calling ``super().on_epoch_start(epoch)``."""
+        self._current_epoch = int(epoch)
+        if self._tracks_epoch:
+            self.epoch.fill_(self._current_epoch)
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch passed to the last :meth:`on_epoch_start` (0 before any), as a host int, so a
+        schedule costs no device sync; restored by ``load_state_dict`` when the epoch is tracked."""
+        return self._current_epoch
+
+    def track_epoch(self) -> None:
+        """Keep the epoch in the ``epoch`` buffer too, so it is saved with :meth:`extras_state_dict`
+        and restored by loading it (a schedule then survives a checkpoint outside the engine, and
+        tensor code can read it). Call in ``__init__`` when the losses depend on the epoch; methods
+        that do not leave their state unchanged (older checkpoints still load)."""
+        if not self._tracks_epoch:
+            self.register_buffer("epoch", torch.full((), self._current_epoch, dtype=torch.long,
+                                                     device=self._state_device))
+            self._tracks_epoch = True
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self._tracks_epoch:  # the buffer is the saved copy; the host int follows it
+            self._current_epoch = int(self.epoch)
+
+    def observe(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Called under ``no_grad`` in eval mode on each evaluation batch (validation when the run has
+        a validation split, else test), to collect a per-epoch summary. Default: nothing."""
+
+    def pop_summary(self) -> dict[str, Any]:
+        """The summary of the batches observed since the last call (written to the epoch's metrics
+        line under ``"extras"``); ``{}`` when there is none."""
+        return {}
+
+    @property
+    def observes(self) -> bool:
+        """Whether :meth:`observe` does anything; the engine skips the extra forward passes if not.
+        True exactly when a subclass overrides ``observe``."""
+        return type(self).observe is not Distiller.observe
+
+    def deployable_student(self) -> nn.Module:
+        """The network that answers at test time: what the engine evaluates and ``semckd export``
+        writes. The student itself unless the method answers through extra modules (then also set
+        ``deployable_is_student = False``)."""
+        return self.student
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -232,80 +339,31 @@ class Distiller(nn.Module):
         self.load_state_dict(sd, strict=False)
 
     def remove_taps(self) -> None:
+        """Remove the forward hooks on student and teacher (the models are usable on their own again)."""
         self.s_tap.remove()
         if self.t_tap is not None:
             self.t_tap.remove()
 
 
-# ---------------------------------------------------------------------- registry
-_METHODS: dict[str, type[Distiller]] = {}
+# ---------------------------------------------------------------------- moved names
+_MOVED = {
+    "register_method": "registry", "list_methods": "registry", "get_method": "registry",
+    "method_options": "registry", "_METHODS": "registry", "_check_options": "registry",
+    "build_distiller": "build",
+}
 
 
-def register_method(cls: type[Distiller]) -> type[Distiller]:
-    """Class decorator: make ``cls`` selectable as ``--method cls.name``."""
-    if not cls.name or cls.name in _METHODS:
-        raise ValueError(f"method name {cls.name!r} is empty or taken")
-    _METHODS[cls.name] = cls
-    return cls
-
-
-def list_methods() -> list[str]:
-    return sorted(_METHODS)
-
-
-def method_options(name: str) -> dict[str, Any]:
-    """The options a method accepts, with their defaults."""
-    cls = get_method(name)
-    out: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__):
-        if klass is object or not issubclass(klass, Distiller):
-            continue
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.kind is p.KEYWORD_ONLY and not p.name.startswith("_"):
-                out[p.name] = p.default
-    return out
-
-
-def get_method(name: str) -> type[Distiller]:
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(list_methods())} "
-                         "(combine with '+', e.g. semckd+crd)")
-    return _METHODS[name]
-
-
-def _check_options(name: str, opts: dict[str, Any]) -> None:
-    valid = method_options(name)
-    for k in opts:
-        if k not in valid:
-            raise ValueError(f"method {name!r} has no option {k!r}; "
-                             f"valid options: {', '.join(sorted(valid))}")
-
-
-def build_distiller(spec: str, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext,
-                    options: dict[str, Any] | None = None) -> Distiller:
-    """Build ``spec`` (``"semckd"`` or a combination ``"semckd+crd"``) with validated options.
-
-    For one method, ``options`` is a flat dict of its keyword options. For a combination it maps each
-    method name to its own dict: ``{"semckd": {"beta": 400}, "crd": {"beta": 0.8}}``.
-    """
-    options = dict(options or {})
-    names = [n.strip() for n in spec.split("+") if n.strip()]
-    if not names:
-        raise ValueError("empty method name; e.g. --method semckd")
-    for n in names:
-        get_method(n)
-    if len(names) == 1:
-        _check_options(names[0], options)
-        return get_method(names[0])(student, teacher, ctx, **options)
-    from .combine import Combined  # local import: combine imports this module
-
-    for k in options:
-        if k not in names:
-            raise ValueError(f"options for a combination are keyed by method name "
-                             f"({', '.join(names)}); got {k!r}")
-    for n in names:
-        _check_options(n, options.get(n, {}))
-    return Combined(student, teacher, ctx, methods=names, method_options=options)
-
-
-MethodFactory = Callable[..., Distiller]
+def __getattr__(name: str) -> Any:
+    """The registry moved to :mod:`semckd.methods.registry` (and ``build_distiller`` to
+    :mod:`semckd.methods.build`); old imports from ``base`` keep working, with a warning."""
+    if name == "declares_stages":
+        warnings.warn("semckd.methods.base.declares_stages is deprecated: the stem rule is "
+                      "Distiller.student_stages()/teacher_stages() (see semckd.features.declared_stem)",
+                      FutureWarning, stacklevel=2)
+        return lambda model: model is None or getattr(unwrap(model), "stage_names", None) is not None
+    if name in _MOVED:
+        mod = importlib.import_module(f"{__package__}.{_MOVED[name]}")
+        warnings.warn(f"semckd.methods.base.{name} moved to semckd.methods.{_MOVED[name]} "
+                      f"(or import it from semckd.methods)", FutureWarning, stacklevel=2)
+        return getattr(mod, "check_options" if name == "_check_options" else name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["CC", "cc_loss", "cc_loss_repdistiller", "gaussian_correlation"]
 
@@ -55,7 +56,7 @@ class CC(Distiller):
     ``Correlation`` (``distiller_zoo/CC.py``), a kernel-free product of neighbouring samples' embedding
     errors, for which 0.02 was tuned. ``variant="gaussian"`` is the paper's formula instead (order-P
     Taylor-approximated Gaussian kernel, γ=0.4); it is ~1e-5 at that weight, so raise ``beta`` with it
-    (see docs/methods_a.md).
+    (see docs/methods.md).
     """
 
     name = "cc"

@@ -10,32 +10,40 @@ teacher run once per step. The combination then adds:
 * every member's own :meth:`~Distiller.distill_losses` terms; a key produced by two members (or named
   ``ce``/``kd``) is prefixed with the member's method name (``at_at``, ``crd_at``, ...).
 
+Every :class:`~semckd.methods.base.Distiller` hook is forwarded to all members (each member's hook is
+a no-op unless it uses it): ``on_epoch_start``, ``observe`` (only members that observe),
+``pop_summary`` (merged like the loss terms) and ``remove_taps``.
+
 A member that changes the forward pass itself (overrides ``forward``, ``student_forward`` or
-``teacher_forward``, e.g. HKD or SimKD) cannot share a forward pass and is rejected.
+``teacher_forward``, e.g. SimKD) cannot share a forward pass and is rejected.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..features import _as_names
-from .base import BuildContext, Distiller, Outputs, _check_options, get_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import check_options, get_method
 
 __all__ = ["Combined"]
 
-_FORWARD_HOOKS = ("forward", "student_forward", "teacher_forward")
 _TAP_OPTIONS = ("student_layers", "teacher_layers", "student_head", "teacher_head", "head_name")
 
 
 def _changes_forward(cls: type[Distiller]) -> str | None:
-    for attr in _FORWARD_HOOKS:
-        if getattr(cls, attr) is not getattr(Distiller, attr):
-            return attr
+    """Which forward-pass method ``cls`` overrides (it then cannot share the combination's pass)."""
+    if cls.forward is not Distiller.forward:
+        return "forward"
+    if cls.student_forward is not Distiller.student_forward:
+        return "student_forward"
+    if cls.teacher_forward is not Distiller.teacher_forward:
+        return "teacher_forward"
     return None
 
 
@@ -79,7 +87,7 @@ class Combined(Distiller):
             if changed:
                 raise ValueError(f"method {m!r} changes the forward pass ({cls.__name__}.{changed}) and "
                                  f"cannot be combined with others; run it alone (--method {m})")
-            _check_options(m, method_options.get(m, {}))
+            check_options(m, method_options.get(m, {}))
         # the taps are shared, so members must agree on which layers they watch
         tap_kw: dict[str, Any] = {}
         for key in _TAP_OPTIONS:
@@ -116,21 +124,6 @@ class Combined(Distiller):
                              "they cannot be trained together")
         self._fixed_batch_size = sizes.pop() if sizes else None
 
-        # expose an optional engine hook only when some member has it, so the engine's "if defined"
-        # checks see the same thing as for that member alone
-        def members_with(hook: str) -> list[tuple[str, Callable[..., Any]]]:
-            return [(m, getattr(p, hook)) for m, p in self.parts.items() if callable(getattr(p, hook, None))]
-
-        self._epoch_hooks = members_with("on_epoch_start")
-        self._observers = members_with("observe")
-        self._summaries = members_with("pop_summary")
-        if self._epoch_hooks:
-            self.on_epoch_start = self._on_epoch_start
-        if self._observers:
-            self.observe = self._observe
-        if self._summaries:
-            self.pop_summary = self._pop_summary
-
     # ------------------------------------------------------------------ losses
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -147,13 +140,19 @@ class Combined(Distiller):
         for part in self.parts.values():  # members may hold taps of their own (ReviewKD's preact tap)
             part.remove_taps()
 
-    def _on_epoch_start(self, epoch: int) -> None:
-        for _, hook in self._epoch_hooks:
-            hook(epoch)
+    def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
+        for part in self.parts.values():
+            part.on_epoch_start(epoch)
 
-    def _observe(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        for _, hook in self._observers:
-            hook(images, targets)
+    @property
+    def observes(self) -> bool:
+        return any(p.observes for p in self.parts.values())
 
-    def _pop_summary(self) -> dict[str, Any]:
-        return _merge([(m, hook() or {}) for m, hook in self._summaries])
+    def observe(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        for part in self.parts.values():
+            if part.observes:
+                part.observe(images, targets)
+
+    def pop_summary(self) -> dict[str, Any]:
+        return _merge([(m, p.pop_summary() or {}) for m, p in self.parts.items()])

@@ -32,7 +32,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["CRD", "MODES", "ContrastMemory", "Embed", "nce_loss"]
 

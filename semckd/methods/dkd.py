@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, register_method, standardize_logits
+from .base import BuildContext, Distiller, Outputs, standardize_logits
+from .registry import register_method
 
 __all__ = ["DKD", "dkd_loss"]
 
@@ -45,8 +46,9 @@ class DKD(Distiller):
 
     ``1·CE + warm(epoch)·(1·TCKD + 8·NCKD)`` at T=4, where ``warm = min(epoch / 20, 1)`` ramps the
     distillation term in linearly over the first 20 epochs (epochs numbered from 1, as mdistiller; an
-    epoch of 0 counts as the first). The epoch arrives through :meth:`on_epoch_start` and lives in a
-    buffer, so it is saved with the checkpoint and a resumed run continues the ramp. No Hinton KD term
+    epoch of 0 counts as the first). The epoch is the base class's (:meth:`~Distiller.on_epoch_start`,
+    tracked in the ``epoch`` buffer), so it is saved with the checkpoint and a resumed run continues the
+    ramp. No Hinton KD term
     (``kd_weight=0``). ``logit_std=True`` standardises both logits first (Sun et al., CVPR 2024);
     ``temperature`` is then the base temperature.
     """
@@ -61,10 +63,7 @@ class DKD(Distiller):
         if warmup < 0:
             raise ValueError(f"dkd warmup must be >= 0 epochs; got {warmup}")
         self.alpha, self.beta, self.warmup = alpha, beta, warmup
-        self.register_buffer("epoch", torch.ones((), dtype=torch.long, device=ctx.example_input.device))
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.epoch.fill_(int(epoch))
+        self.track_epoch()
 
     def warmup_factor(self) -> torch.Tensor:
         """``min(max(epoch, 1) / warmup, 1)`` as a tensor (no host sync in the training step)."""

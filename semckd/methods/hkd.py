@@ -22,7 +22,7 @@ and this module reproduces:
 This implementation is the student-side step; it runs with any teacher. For the faithful two-pass
 protocol, train the auxiliary network first (``semckd distill --method pkt --model <wider student>``)
 and pass its checkpoint as the teacher of the ``hkd`` run. Used directly with the real teacher (what
-the recipes do by default) it is a one-pass simplification, documented in ``docs/methods_b.md``.
+the recipes do by default) it is a one-pass simplification, documented in ``docs/methods.md``.
 
 ``critical_period=True`` switches to the original paper's schedule instead (passalis/pkth
 ``exp2_proposed.py``): the deepest pair keeps weight 1, every other pair has weight
@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, declares_stages, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["HKD", "PAIRINGS", "information_flow_loss"]
 
@@ -78,7 +79,7 @@ class HKD(Distiller):
     teacher have different numbers of stages, ``pairing="first"`` (default) pairs the shallowest
     ``min(S, T)`` stages, as the authors' ``zip(f_t, f_s)`` does; ``pairing="deepest"`` pairs the deepest
     ones instead (so the final stage maps always meet). Pass ``student_layers`` / ``teacher_layers`` to
-    choose the pairs yourself (then all tapped layers are used).
+    choose the pairs yourself (then all tapped layers of that network are used).
     """
 
     name = "hkd"
@@ -92,18 +93,12 @@ class HKD(Distiller):
         if pairing not in PAIRINGS:
             raise ValueError(f"hkd pairing {pairing!r} is unknown; use one of {', '.join(PAIRINGS)}")
         self.pairing = pairing
-        # named layers, or layers discovered on a model that declares no stage_names, are all used
-        self._explicit_layers = (kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
-                                 or not declares_stages(student) or not declares_stages(teacher))
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
         self.init_weight = init_weight
         self.decay = decay
         self.critical_period = critical_period
-        # the epoch lives in a buffer so a resumed run continues the schedule; ``_epoch`` mirrors it on the
-        # host so the per-step weights need no device sync
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long, device=ctx.example_input.device))
-        self._epoch = 0
+        self.track_epoch()  # the critical-period schedule survives a checkpoint
         s, t = self.probe(ctx.example_input)
         assert t is not None
         n = len(self._pairs(s.feats, t.feats)[0])
@@ -113,8 +108,7 @@ class HKD(Distiller):
 
     def _pairs(self, fs: list[torch.Tensor],
                ft: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        if not self._explicit_layers:
-            fs, ft = fs[1:], ft[1:]  # drop the stem: the authors' feat[1:-1]
+        fs, ft = self.student_stages(fs), self.teacher_stages(ft)  # the authors' feat[1:-1]
         n = min(len(fs), len(ft))
         if self.pairing == "first":  # the authors' zip(f_t, f_s)
             return fs[:n], ft[:n]
@@ -125,17 +119,9 @@ class HKD(Distiller):
         if n == 0:
             return []
         if self.critical_period:
-            w = self.init_weight * self.decay ** self._epoch
+            w = self.init_weight * self.decay ** self.current_epoch
             return [w] * (n - 1) + [1.0]
         return [self.init_weight] + [1.0] * (n - 1)
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self._epoch = int(epoch)
-        self.epoch.fill_(self._epoch)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._epoch = int(self.epoch)
 
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:

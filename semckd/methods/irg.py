@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["IRG", "irg_edges", "irg_graph_loss", "irg_transform_loss"]
 

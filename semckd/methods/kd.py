@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import BuildContext, Distiller, register_method
+from .base import BuildContext, Distiller
+from .registry import register_method
 
 
 @register_method

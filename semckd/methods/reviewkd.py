@@ -19,7 +19,7 @@ ResNets: each stage's residual sum before its last ReLU; VGG: each block before 
 through the next BN), tapped by a second hook on the teacher. A teacher that declares none (MobileNetV2,
 ShuffleNets, models outside the zoo) and ``teacher_preact=False`` use the post-activation stage outputs;
 student levels are always post-activation (the authors' ``STU_PREACT = False``). Deliberate difference,
-documented in ``docs/methods_b.md``: when the two networks have different numbers of levels the deepest
+documented in ``docs/methods.md``: when the two networks have different numbers of levels the deepest
 ``min(S, T)`` are paired (the authors hand-pick per architecture pair).
 """
 
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureTap, unwrap
-from .base import BuildContext, Distiller, Outputs, declares_stages, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["ABF", "ReviewKD", "hcl_loss"]
 
@@ -95,24 +96,20 @@ class ReviewKD(Distiller):
                  ce_weight: float = 1.0, kd_weight: float = 0.0, beta: float = 1.0,
                  warmup_epochs: float = 20.0, max_mid_channels: int = 512, teacher_preact: bool = True,
                  **kw) -> None:
-        # named layers, or layers discovered on a model that declares no stage_names, are all used
-        self._explicit_layers = (kw.get("student_layers") is not None or kw.get("teacher_layers") is not None
-                                 or not declares_stages(student) or not declares_stages(teacher))
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.teacher_preact = teacher_preact
         preact_names = getattr(unwrap(teacher), "preact_stage_names", None) if teacher is not None else None
-        # a second tap on the teacher (not the shared one), so this also holds inside a combination
+        # a second tap on the teacher (not the shared one), so this also holds inside a combination;
+        # only in place of the declared stages (stem first, like them), never of layers named explicitly
         self._t_preact_tap: FeatureTap | None = None
-        if teacher_preact and preact_names and not self._explicit_layers:
+        if teacher_preact and preact_names and self.stem_dropped[1]:
             self._t_preact_tap = FeatureTap(teacher, list(preact_names), detach=True)
         if warmup_epochs < 0 or max_mid_channels < 1:
             raise ValueError("reviewkd options out of range: need warmup_epochs >= 0 and "
                              "max_mid_channels >= 1")
         self.beta = beta
         self.warmup_epochs = warmup_epochs
-        # the epoch is a buffer so a resumed run continues the warm-up; ``_epoch`` mirrors it on the host
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long, device=ctx.example_input.device))
-        self._epoch = 0
+        self.track_epoch()  # a resumed run continues the warm-up
         s, t = self.probe(ctx.example_input)
         assert t is not None
         ls, lt = self._paired(s, t)
@@ -125,10 +122,10 @@ class ReviewKD(Distiller):
         self.abfs = nn.ModuleList(ABF(ci, mid, co, fuse=i < n - 1) for i, (ci, co) in pairs)
         self.abfs.to(ctx.example_input.device)
 
-    def levels(self, o: Outputs) -> list[torch.Tensor]:
+    def levels(self, o: Outputs, teacher: bool = False) -> list[torch.Tensor]:
         """Stage maps after the stem plus the pooled embedding as a 1×1 map, shallow → deep."""
-        feats = o.feats if self._explicit_layers else o.feats[1:]
-        return list(feats) + [o.embedding[:, :, None, None]]
+        feats = self.teacher_stages(o.feats) if teacher else self.student_stages(o.feats)
+        return feats + [o.embedding[:, :, None, None]]
 
     def teacher_outputs(self, t: Outputs) -> Outputs:
         """``t`` with its stage maps replaced by the pre-activation ones when those are tapped."""
@@ -137,7 +134,7 @@ class ReviewKD(Distiller):
         return Outputs(t.logits, self._t_preact_tap.features, t.embedding)
 
     def _paired(self, s: Outputs, t: Outputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        ls, lt = self.levels(s), self.levels(self.teacher_outputs(t))
+        ls, lt = self.levels(s), self.levels(self.teacher_outputs(t), teacher=True)
         n = min(len(ls), len(lt))
         return ls[len(ls) - n:], lt[len(lt) - n:]
 
@@ -159,15 +156,7 @@ class ReviewKD(Distiller):
     def warmup_factor(self) -> float:
         if self.warmup_epochs <= 0:
             return 1.0
-        return min(1.0, self._epoch / self.warmup_epochs)
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self._epoch = int(epoch)
-        self.epoch.fill_(self._epoch)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._epoch = int(self.epoch)
+        return min(1.0, self.current_epoch / self.warmup_epochs)
 
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -2,29 +2,24 @@
 
 Layers: the authors feed ``feat[1:-1]`` of their ``is_feat`` lists to ``SelfA`` — every stage map after
 the stem, e.g. ``layer1``–``layer3`` of a CIFAR ResNet (the 32×32 stem output and the pooled vector are
-left out). Zoo ``stage_names`` are those lists with the stem first, so with the default taps the first
-(stem) map of each network is dropped; layers named explicitly (``student_layers=`` /
-``teacher_layers=``) are all used — unless the list is exactly the model's ``stage_names``, which is
-the default and treated as such (the taps cannot tell the two apart).
+left out). Zoo ``stage_names`` are those lists with the declared ``stem_name`` first, so with the
+default taps the stem map of each network is dropped (:meth:`Distiller.student_stages`, the rule every
+method shares); layers named explicitly (``student_layers=`` / ``teacher_layers=``) are all used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..features import FeatureTap, unwrap
 from ..semckd import MODES, SemCKD
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["SemCKDDistiller"]
-
-
-def _is_default_stages(tap: FeatureTap, model: nn.Module) -> bool:
-    """True when ``tap`` watches the model's declared ``stage_names`` (stem first)."""
-    return tap.names == list(getattr(unwrap(model), "stage_names", None) or [])
 
 
 @register_method
@@ -37,12 +32,18 @@ class SemCKDDistiller(Distiller):
     size (not the paper's numbers). ``factor`` sets the embedding width ``batch_size // factor``.
     ``beta_warmup=E`` (opt-in, 0 = the paper) ramps the feature term in linearly over the first ``E``
     epochs, ``beta · min(epoch / E, 1)``, as DKD and ReviewKD do: early on the projectors are random and
-    a large ``beta`` can drown the CE term in a short budget. The epoch lives in a buffer (only when the
-    ramp is on), so a resumed run continues it.
+    a large ``beta`` can drown the CE term in a short budget. The epoch is tracked in the ``epoch``
+    buffer (only when the ramp is on), so a resumed run continues it.
     """
 
     name = "semckd"
     paper = "Chen et al. 2021, arXiv:2012.03236"
+    any_batch_size_options: ClassVar[dict[str, Any]] = {"mode": "batch_free"}
+
+    @classmethod
+    def needs_full_batches(cls, options: Mapping[str, Any]) -> bool:
+        """Faithful mode (the default) sizes the attention MLPs by the training batch size."""
+        return options.get("mode", "faithful") == "faithful"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  beta: float = 400.0, mode: str = "faithful", factor: int = 4, beta_warmup: int = 0,
@@ -56,7 +57,6 @@ class SemCKDDistiller(Distiller):
         assert teacher is not None and self.t_tap is not None
         self.beta = float(beta)
         self.mode = mode
-        self._skip_stem = (_is_default_stages(self.s_tap, student), _is_default_stages(self.t_tap, teacher))
         s, t = self.probe(ctx.example_input)
         assert t is not None
         fs, ft = self.layers(s, t)
@@ -74,11 +74,7 @@ class SemCKDDistiller(Distiller):
         self._att_n = 0
         self.beta_warmup = int(beta_warmup)
         if self.beta_warmup:
-            self.register_buffer("epoch", torch.ones((), dtype=torch.long, device=ctx.example_input.device))
-
-    def on_epoch_start(self, epoch: int) -> None:
-        if self.beta_warmup:
-            self.epoch.fill_(int(epoch))
+            self.track_epoch()
 
     def beta_factor(self) -> torch.Tensor | float:
         """``min(max(epoch, 1) / beta_warmup, 1)`` (1 without a ramp); a tensor, so no host sync."""
@@ -88,8 +84,7 @@ class SemCKDDistiller(Distiller):
 
     def layers(self, s: Outputs, t: Outputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The (student, teacher) maps SemCKD matches: stages after the stem, or every named layer."""
-        return (list(s.feats[1:] if self._skip_stem[0] else s.feats),
-                list(t.feats[1:] if self._skip_stem[1] else t.feats))
+        return self.student_stages(s.feats), self.teacher_stages(t.feats)
 
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:

@@ -17,12 +17,15 @@ alignment: the larger of the two final maps is adaptive-average-pooled to the sm
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..features import unwrap
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["SimKD", "SimKDProjector", "SimKDStudent"]
 
@@ -106,6 +109,7 @@ class SimKD(Distiller):
     name = "simkd"
     paper = ("Chen et al., Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022 "
              "(arXiv:2203.14001)")
+    deployable_is_student = False  # it answers through the projector and the teacher's classifier
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  ce_weight: float = 0.0, kd_weight: float = 0.0, beta: float = 1.0, factor: int = 2,
@@ -146,7 +150,7 @@ class SimKD(Distiller):
         s = self.student_forward(images)
         assert t is not None
         proj, f_t, logits = self.simkd_forward(s, t)
-        s = Outputs(logits, s.feats, s.embedding)
+        s = dataclasses.replace(s, logits=logits)
         losses = self.base_losses(s, t, targets)
         losses["simkd"] = self.beta * F.mse_loss(proj.float(), f_t.float())
         return logits, losses

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import BuildContext, Distiller, Outputs, register_method
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["SP", "sp_loss"]
 

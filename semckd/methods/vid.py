@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .at import match_spatial, stage_pairs, uses_default_stages
-from .base import BuildContext, Distiller, Outputs, register_method
+from .at import match_spatial, stage_pairs
+from .base import BuildContext, Distiller, Outputs
+from .registry import register_method
 
 __all__ = ["VID", "VIDRegressor", "vid_nll"]
 
@@ -63,7 +64,6 @@ class VID(Distiller):
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
         assert teacher is not None and self.t_tap is not None
-        self._skip = (uses_default_stages(self.s_tap, student), uses_default_stages(self.t_tap, teacher))
         s, t = self.probe(ctx.example_input)
         assert t is not None
         pairs = self.pairs(s, t)
@@ -74,7 +74,7 @@ class VID(Distiller):
         ).to(ctx.example_input.device)
 
     def pairs(self, s: Outputs, t: Outputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return stage_pairs(s.feats, t.feats, skip_s=self._skip[0], skip_t=self._skip[1])
+        return stage_pairs(self, s, t)
 
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:

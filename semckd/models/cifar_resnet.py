@@ -69,7 +69,10 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(widths[3], n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
-        self.stage_names: list[str] = ["relu", "layer1", "layer2", "layer3"]
+        # the stem (the authors' is_feat f0) is declared apart from the stages; stage_names, the
+        # default taps, start with it and methods that follow the authors' feat[1:] skip it
+        self.stem_name: str = "relu"
+        self.stage_names: list[str] = [self.stem_name, "layer1", "layer2", "layer3"]
         self.preact_stage_names: list[str] = ["relu"] + [f"layer{i}.{n - 1}.preact" for i in (1, 2, 3)]
         self.head_name: str = "fc"
         for m in self.modules():

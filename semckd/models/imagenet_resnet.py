@@ -86,7 +86,10 @@ class ImageNetResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        self.stage_names: list[str] = ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+        # the stem (the authors' is_feat f0) is declared apart from the stages; stage_names, the
+        # default taps, start with it and methods that follow the authors' feat[1:] skip it
+        self.stem_name: str = "maxpool"
+        self.stage_names: list[str] = [self.stem_name, "layer1", "layer2", "layer3", "layer4"]
         # the authors' preact list: the stem, then each stage's last block before its final ReLU
         self.preact_stage_names: list[str] = ["maxpool"] + [
             f"layer{i}.{n - 1}.preact" for i, n in zip((1, 2, 3, 4), layers, strict=True)]

@@ -92,7 +92,10 @@ class MobileNetV2(nn.Module):
         self.conv2 = _conv_bn_relu(cin, self.last_channel, 1, 1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
-        self.stage_names: list[str] = ["conv1", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+        # the stem (the authors' is_feat f0) is declared apart from the stages; stage_names, the
+        # default taps, start with it and methods that follow the authors' feat[1:] skip it
+        self.stem_name: str = "conv1"
+        self.stage_names: list[str] = [self.stem_name, "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
         self.head_name: str = "classifier.0"
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

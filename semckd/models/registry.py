@@ -2,8 +2,10 @@
 
 Every registered model is an ordinary ``nn.Module`` that also declares
 
-* ``stage_names``: module names (as in ``named_modules()``) whose outputs are the stage feature maps,
-  shallow to deep; the last one is the final feature map before global pooling.
+* ``stem_name``: module name of the stem (the authors' ``is_feat`` f0), declared apart from the stages
+  so the one "drop the stem" rule needs no guess (:func:`semckd.features.declared_stem`);
+* ``stage_names``: module names (as in ``named_modules()``) whose outputs are the default feature taps,
+  shallow to deep, ``stem_name`` first; the last one is the final feature map before global pooling.
 * ``head_name``: module name of the final classifier (``nn.Linear``); its *input* is the pooled embedding.
 
 so feature taps work with zero configuration and no special forward signature.

@@ -82,7 +82,10 @@ class ShuffleNetV1(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*units))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(out_planes[-1], num_classes)
-        self.stage_names: list[str] = ["relu", "layer1", "layer2", "layer3"]
+        # the stem (the authors' is_feat f0) is declared apart from the stages; stage_names, the
+        # default taps, start with it and methods that follow the authors' feat[1:] skip it
+        self.stem_name: str = "relu"
+        self.stage_names: list[str] = [self.stem_name, "layer1", "layer2", "layer3"]
         self.head_name: str = "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +176,10 @@ class ShuffleNetV2(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels[3])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(out_channels[3], num_classes)
-        self.stage_names: list[str] = ["relu", "layer1", "layer2", "layer3"]
+        # the stem (the authors' is_feat f0) is declared apart from the stages; stage_names, the
+        # default taps, start with it and methods that follow the authors' feat[1:] skip it
+        self.stem_name: str = "relu"
+        self.stage_names: list[str] = [self.stem_name, "layer1", "layer2", "layer3"]
         self.head_name: str = "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

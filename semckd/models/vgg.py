@@ -62,7 +62,8 @@ class VGG(nn.Module):
                 self.add_module(f"pool{i}", nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
         self.pool4 = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg[-1][-1], num_classes)
-        self.stage_names: list[str] = [f"act{i}" for i in range(5)]
+        self.stem_name: str = "act0"  # the stem, declared apart from the stages (skipped by feat[1:] methods)
+        self.stage_names: list[str] = [self.stem_name] + [f"act{i}" for i in range(1, 5)]
         # the authors' preact list (mdistiller ``preact_feats``): f0 post-ReLU, then the block outputs
         self.preact_stage_names: list[str] = ["act0"] + [f"block{i}" for i in range(1, 5)]
         self.head_name: str = "classifier"

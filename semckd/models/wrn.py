@@ -83,7 +83,10 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()  # not in-place, so a tap on ``block3``/``bn1`` keeps its values
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(ch[3], num_classes)
-        self.stage_names: list[str] = ["conv1", "block1", "block2", "block3"]
+        # the stem (the authors' is_feat f0) is declared apart from the stages; stage_names, the
+        # default taps, start with it and methods that follow the authors' feat[1:] skip it
+        self.stem_name: str = "conv1"
+        self.stage_names: list[str] = [self.stem_name, "block1", "block2", "block3"]
         # the authors' preact list (ReviewKD ``wide_resnet_cifar.py``): each group output through the next
         # BN (the next group's first ``bn1``, the final ``bn1``), i.e. normalised but before the ReLU
         self.preact_stage_names: list[str] = ["conv1", "block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]

@@ -1,8 +1,6 @@
-"""Baseline methods (FitNet, AT, SP, VID, PKT, RKD, CC, IRG, DKD) and method combinations.
-
-Loss values are checked against small cases computed independently here (plain Python arithmetic, not
-the library's own functions); each method is then trained for a few steps on tiny networks.
-"""
+"""Method losses against small cases computed independently (plain Python arithmetic, not the
+library's own functions), the layers each method uses, and the defaults taken from the authors' scripts:
+FitNet, AT, SP, VID, PKT, RKD, CC, IRG, DKD."""
 
 from __future__ import annotations
 
@@ -11,13 +9,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import make_pair, outputs
 from torch import nn
 
-from semckd.methods import BuildContext, Distiller, Outputs, build_distiller, method_options
-from semckd.methods import base as method_base
+from semckd.methods import build_distiller, method_options
 from semckd.methods.at import at_loss
 from semckd.methods.cc import cc_loss, cc_loss_repdistiller
-from semckd.methods.combine import Combined
 from semckd.methods.dkd import dkd_loss
 from semckd.methods.fitnet import ConvReg
 from semckd.methods.irg import irg_edges, irg_graph_loss, irg_transform_loss
@@ -26,54 +23,9 @@ from semckd.methods.rkd import rkd_angle_loss, rkd_distance_loss
 from semckd.methods.sp import sp_loss
 from semckd.methods.vid import VIDRegressor, vid_nll
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: intra-op threads only add contention
+
 METHODS = ["fitnet", "at", "sp", "vid", "pkt", "rkd", "cc", "irg", "dkd"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core box spinning OpenMP threads
-    make these tests several times slower; restored afterwards for other test modules."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-# ---------------------------------------------------------------------- tiny networks
-class Tiny(nn.Module):
-    """stem → three stages (the last two stride 2) → pool → fc, declaring the zoo's attributes."""
-
-    def __init__(self, widths: tuple[int, int, int, int], num_classes: int = 5, in_channels: int = 1) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
-            conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU())
-
-        self.stem = block(in_channels, widths[0], 1)
-        self.layer1 = block(widths[0], widths[1], 1)
-        self.layer2 = block(widths[1], widths[2], 2)
-        self.layer3 = block(widths[2], widths[3], 2)
-        self.fc = nn.Linear(widths[3], num_classes)
-        self.stage_names = ["stem", "layer1", "layer2", "layer3"]
-        self.head_name = "fc"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-def make_pair(seed: int = 0) -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor, BuildContext]:
-    torch.manual_seed(seed)
-    student = Tiny((4, 4, 8, 8))
-    teacher = Tiny((8, 8, 16, 12)).eval()
-    x = torch.randn(8, 1, 8, 8)
-    y = torch.randint(0, 5, (8,))
-    return student, teacher, x, y, BuildContext(x, batch_size=8, num_classes=5, num_samples=8)
-
-
-def outputs(logits: torch.Tensor, feats: list[torch.Tensor], emb: torch.Tensor) -> Outputs:
-    return Outputs(logits, feats, emb)
 
 
 # ---------------------------------------------------------------------- hand-computed losses
@@ -380,211 +332,3 @@ def test_defaults_follow_the_semckd_scripts() -> None:
     assert (method_options("rkd")["w_d"], method_options("rkd")["w_a"]) == (25.0, 50.0)
 
 
-# ---------------------------------------------------------------------- training
-def _train(d: Distiller, x: torch.Tensor, y: torch.Tensor, steps: int = 6, lr: float = 0.02
-           ) -> tuple[list[float], dict[str, torch.Tensor | None]]:
-    opt = torch.optim.SGD(d.trainable_parameters(), lr=lr, momentum=0.9)
-    totals, first_grads = [], {}
-    idx = torch.arange(len(y))
-    d.train()
-    for step in range(steps):
-        _, losses = d(x, y, idx)
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        if step == 0:
-            first_grads = {k: (p.grad.clone() if p.grad is not None else None)
-                           for k, p in d.named_parameters() if d._is_extra(k)}
-        opt.step()
-        totals.append(total.item())
-    return totals, first_grads
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_method_trains_and_never_touches_the_teacher(method: str) -> None:
-    student, teacher, x, y, ctx = make_pair()
-    t_state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    d = build_distiller(method, student, teacher, ctx)
-    if method == "dkd":
-        d.on_epoch_start(20)
-    totals, grads = _train(d, x, y)
-    assert all(math.isfinite(v) for v in totals)
-    assert totals[-1] < totals[0], totals
-    _, losses = d(x, y)
-    assert method in losses and losses[method].requires_grad
-    # gradients reach the method's own modules, and only student/extra params are optimised
-    for k, g in grads.items():
-        assert g is not None and g.abs().sum() > 0, f"no gradient reached {k}"
-    expected_extras = {"fitnet": 1, "vid": 1, "cc": 1}.get(method, 0)
-    assert (len(grads) > 0) == bool(expected_extras)
-    t_ids = {id(p) for p in teacher.parameters()}
-    assert not any(id(p) in t_ids for p in d.trainable_parameters())
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    for k, v in teacher.state_dict().items():  # weights and BN statistics untouched
-        assert torch.equal(v, t_state[k]), k
-    assert not teacher.training
-
-
-def test_zoo_models_work_when_available() -> None:
-    models = pytest.importorskip("semckd.models")
-    if "resnet8" not in models.list_models() or "vgg8" not in models.list_models():
-        pytest.skip("model zoo not available")
-    torch.manual_seed(0)
-    student = models.create_model("vgg8", num_classes=10, in_channels=1)
-    teacher = models.create_model("resnet8", num_classes=10, in_channels=1).eval()
-    x, y = torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,))
-    ctx = BuildContext(x, 4, 10, 4)
-    for m in METHODS:
-        d = build_distiller(m, student, teacher, ctx)
-        _, losses = d(x, y)
-        assert all(torch.isfinite(v) for v in losses.values()), m
-        d.remove_taps()
-
-
-# ---------------------------------------------------------------------- combinations
-def _hook_count(model: nn.Module, name: str) -> int:
-    return len(dict(model.named_modules())[name]._forward_hooks)
-
-
-def test_combined_at_kd_counts_ce_and_kd_once() -> None:
-    student, teacher, x, y, ctx = make_pair()
-    d = build_distiller("at+kd", student, teacher, ctx)
-    assert isinstance(d, Combined)
-    assert _hook_count(student, "layer3") == 1 and _hook_count(teacher, "layer3") == 1
-    logits, losses = d(x, y)
-    assert set(losses) == {"ce", "kd", "at"}
-    # ce and kd come from the first member (AT: 1·CE + 1·KD), not from KD's (set to 0.1/0.9 below)
-    assert losses["ce"].item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
-    assert losses["kd"].item() == pytest.approx(method_base.kd_loss(logits, teacher(x)).item(), rel=1e-5)
-    at_alone = build_distiller("at", student, teacher, ctx)
-    _, alone = at_alone(x, y)
-    assert losses["at"].item() == pytest.approx(alone["at"].item(), rel=1e-6)
-    at_alone.remove_taps()
-    d.remove_taps()
-    d = build_distiller("kd+at", student, teacher, ctx, {"at": {"beta": 10.0},
-                                                         "kd": {"ce_weight": 0.1, "kd_weight": 0.9}})
-    logits, losses = d(x, y)
-    assert losses["ce"].item() == pytest.approx(0.1 * F.cross_entropy(logits, y).item(), rel=1e-6)
-    assert losses["at"].item() == pytest.approx(alone["at"].item() / 100, rel=1e-5)
-    assert not hasattr(d, "on_epoch_start") and not hasattr(d, "observe")
-
-
-def test_combined_errors() -> None:
-    student, teacher, x, y, ctx = make_pair()
-    with pytest.raises(ValueError, match="unknown method 'nope'"):
-        build_distiller("at+nope", student, teacher, ctx)
-    with pytest.raises(ValueError, match="has no option 'gamma'"):
-        build_distiller("at+kd", student, teacher, ctx, {"at": {"gamma": 1}})
-    with pytest.raises(ValueError, match="keyed by method name"):
-        build_distiller("at+kd", student, teacher, ctx, {"beta": 1})
-    with pytest.raises(ValueError, match="listed twice"):
-        Combined(student, teacher, ctx, methods=["at", "at"], method_options={})
-    with pytest.raises(ValueError, match="not in the combination"):
-        Combined(student, teacher, ctx, methods=["at", "kd"], method_options={"sp": {}})
-    with pytest.raises(ValueError, match="needs a teacher"):
-        build_distiller("at+kd", student, None, ctx)
-    with pytest.raises(ValueError, match="same layers"):
-        build_distiller("at+sp", student, teacher, ctx, {"at": {"student_layers": ["layer3"]},
-                                                         "sp": {"student_layers": ["layer2"]}})
-
-
-class _ForwardChanger(Distiller):
-    name = "_test_forward"
-
-    def forward(self, images, targets, index=None):  # pragma: no cover - never built
-        return super().forward(images, targets, index)
-
-
-class _Extra(Distiller):
-    """A stand-in member with every optional hook and a term named like AT's."""
-
-    name = "_test_extra"
-
-    def __init__(self, student, teacher, ctx, *, batch: int | None = None, **kw) -> None:
-        super().__init__(student, teacher, ctx, **kw)
-        self.seen: list = []
-        self._batch = batch
-        self.scale = nn.Parameter(torch.ones(()))
-
-    def distill_losses(self, s, t, targets, index):
-        return {"at": self.scale * s.logits.pow(2).mean(), "own": s.logits.mean() * 0}
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.seen.append(("epoch", epoch))
-
-    def observe(self, images, targets) -> None:
-        self.seen.append(("observe", len(images)))
-
-    def pop_summary(self) -> dict:
-        return {"attention": [[1.0]], "count": len(self.seen)}
-
-    @property
-    def fixed_batch_size(self) -> int | None:
-        return self._batch
-
-
-class _Extra2(_Extra):
-    name = "_test_extra2"
-
-
-def test_combined_rejects_forward_changers_and_merges_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(method_base._METHODS, _ForwardChanger.name, _ForwardChanger)
-    monkeypatch.setitem(method_base._METHODS, _Extra.name, _Extra)
-    monkeypatch.setitem(method_base._METHODS, _Extra2.name, _Extra2)
-    student, teacher, x, y, ctx = make_pair()
-    with pytest.raises(ValueError, match="changes the forward pass"):
-        build_distiller("at+_test_forward", student, teacher, ctx)
-    methods = method_base.list_methods()
-    if "simkd" in methods and method_base.get_method("simkd").forward is not Distiller.forward:
-        with pytest.raises(ValueError, match="cannot be combined"):
-            build_distiller("at+simkd", student, teacher, ctx)
-
-    d = build_distiller("at+_test_extra+dkd", student, teacher, ctx, {"_test_extra": {"batch": 8}})
-    _, losses = d(x, y)
-    assert set(losses) == {"ce", "kd", "at_at", "_test_extra_at", "own", "dkd"}
-    assert d.fixed_batch_size == 8
-    d.on_epoch_start(10)
-    assert d.parts["dkd"].epoch.item() == 10 and d.parts["_test_extra"].seen == [("epoch", 10)]
-    d.observe(x, y)
-    assert d.pop_summary() == {"attention": [[1.0]], "count": 2}
-    assert any(p is d.parts["_test_extra"].scale for p in d.trainable_parameters())
-    d.remove_taps()
-    d = build_distiller("_test_extra+_test_extra2", student, teacher, ctx)
-    assert set(d.pop_summary()) == {"_test_extra_attention", "_test_extra_count", "_test_extra2_attention",
-                                    "_test_extra2_count"}
-    d.remove_taps()
-    with pytest.raises(ValueError, match="fixed batch sizes"):
-        build_distiller("_test_extra+_test_extra2", student, teacher, ctx,
-                        {"_test_extra": {"batch": 8}, "_test_extra2": {"batch": 16}})
-
-
-def test_combined_state_dict_round_trips_and_trains() -> None:
-    student, teacher, x, y, ctx = make_pair()
-    d = build_distiller("vid+cc+dkd+fitnet", student, teacher, ctx)
-    sd = d.extras_state_dict()
-    assert sd and not any({"student", "teacher"} & set(k.split(".")) for k in sd)
-    assert {k.split(".")[1] for k in sd} == {"vid", "cc", "dkd", "fitnet"}
-    assert "parts.dkd.epoch" in sd and any(k.startswith("parts.cc.embed_t.") for k in sd)
-    trainable = [id(p) for p in d.trainable_parameters()]
-    extras = [id(p) for k, p in d.named_parameters() if d._is_extra(k)]
-    assert len(trainable) == len(set(trainable))  # student params are shared by all members, listed once
-    assert set(trainable) == {id(p) for p in student.parameters()} | set(extras)
-    d.on_epoch_start(20)
-    totals, grads = _train(d, x, y)
-    assert totals[-1] < totals[0]
-    assert all(g is not None for g in grads.values())
-    d.eval()
-    _, before = d(x, y)
-    sd = {k: v.clone() for k, v in d.extras_state_dict().items()}
-    d.remove_taps()
-    torch.manual_seed(123)  # fresh extras differ until loaded
-    d2 = build_distiller("vid+cc+dkd+fitnet", student, teacher, ctx)
-    d2.eval()
-    _, fresh = d2(x, y)
-    assert fresh["vid"].item() != pytest.approx(before["vid"].item())
-    d2.load_extras_state_dict(sd)
-    _, after = d2(x, y)
-    for k in before:
-        assert after[k].item() == pytest.approx(before[k].item(), rel=1e-6), k
-    with pytest.raises(ValueError, match="does not match"):
-        d2.load_extras_state_dict({k: v for k, v in sd.items() if "vid" not in k})
