@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from .defaults import BASELINE_METHOD, DEFAULT_METHOD
 from .errors import UserError
 from .precision import AMP_CHOICES
 
@@ -79,7 +80,7 @@ class TrainConfig:
     teacher: str | None = _f(None, "teacher checkpoint (.pt) for distillation")
     teacher_model: str | None = _f(None, "teacher architecture (as --model) when the checkpoint does not "
                                          "name it")
-    method: str = _f("semckd", "distillation method, e.g. semckd, kd, or a combination semckd+crd")
+    method: str = _f(DEFAULT_METHOD, "distillation method, e.g. semckd, kd, or a combination semckd+crd")
     method_args: dict = _f({}, "method options as KEY=VALUE (e.g. beta=400 mode=batch_free)")
     # ---- optimisation
     epochs: int = _f(240, "number of training epochs")
@@ -133,7 +134,7 @@ class TrainConfig:
 
     @property
     def method_spec(self) -> str:
-        return "vanilla" if self.kind == "teacher" else self.method
+        return BASELINE_METHOD if self.kind == "teacher" else self.method
 
 
 # keys that may differ between a run and its --resume (they do not change what is being computed,
@@ -386,7 +387,8 @@ def _validate(cfg: TrainConfig) -> None:
     need(not (cfg.resume and cfg.force), "--resume and --force contradict each other; pick one")
     if cfg.kind == "teacher":
         need(cfg.teacher is None, "train-teacher trains from scratch; it takes no --teacher")
-        need(cfg.method == "vanilla", f"train-teacher always uses method 'vanilla', got {cfg.method!r}")
+        need(cfg.method == BASELINE_METHOD,
+             f"train-teacher always uses method {BASELINE_METHOD!r}, got {cfg.method!r}")
 
 
 def resolve_config(
@@ -436,7 +438,7 @@ def resolve_config(
                                 f"resume it with `semckd {cmd}`")
             values, explicit = layer(base)
     if kind == "teacher" and "method" not in explicit:
-        values["method"] = "vanilla"
+        values["method"] = BASELINE_METHOD
     cfg = TrainConfig(kind=kind, **values)
     check_method(cfg.method, cfg.method_args)
     if cfg.lr is None and cfg.model:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_text_atomic
+from .defaults import BASELINE_METHOD
 from .errors import UserError
 from .runfolder import checkpoint_meta, load_training_checkpoint, read_metrics, strip_wrapper_prefixes
 
@@ -234,7 +235,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         "mean": list(dep.mean) if dep.mean else None,
         "std": list(dep.std) if dep.std else None,
         "dataset": cfg.get("dataset"),
-        "method": "vanilla" if cfg.get("kind") == "teacher" else cfg.get("method"),
+        "method": BASELINE_METHOD if cfg.get("kind") == "teacher" else cfg.get("method"),
         "teacher": cfg.get("teacher"),
         **_accuracy(ckpt, ckpt_path),
         "source_checkpoint": str(ckpt_path),

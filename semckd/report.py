@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path, write_text_atomic  # noqa: F401  (re-exported)
+from .defaults import BASELINE_METHOD, DEFAULT_METHOD, REPORT_FIRST
 from .errors import UserError
 from .runfolder import (
     METRICS,
@@ -52,7 +53,7 @@ __all__ = ["Group", "RunInfo", "ari_table", "atomic_path", "build_report", "find
            "load_run", "method_label", "read_metrics", "relative_improvement", "write_text_atomic"]
 
 NONE = "—"
-_METHOD_ORDER = {"vanilla": 0, "kd": 1}
+_METHOD_ORDER = {m: i for i, m in enumerate(REPORT_FIRST)}
 
 
 # ---------------------------------------------------------------------- reading one run
@@ -160,10 +161,10 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
         return v if v is not None else cfg.get(key)
 
     kind = str(pick("kind") or "distill")
-    method = summary.method or ("vanilla" if kind == "teacher" else cfg.get("method")) or "?"
+    method = summary.method or (BASELINE_METHOD if kind == "teacher" else cfg.get("method")) or "?"
     student = pick("model") or "?"
     teacher_raw = pick("teacher_model")
-    if teacher_raw is None and str(method) != "vanilla":  # vanilla ignores any teacher in its config
+    if teacher_raw is None and str(method) != BASELINE_METHOD:  # vanilla ignores any teacher in its config
         teacher_raw = pick("teacher")
     dataset = pick("dataset") or "?"
     seed = pick("seed")
@@ -187,7 +188,7 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
             times = [t for t in (r.epoch_time_s for r in records) if t is not None]
             wall = sum(times) if times else None
     margs = cfg.get("method_args")
-    label = method_label(str(method), margs) if str(method) != "vanilla" else "vanilla"
+    label = method_label(str(method), margs) if str(method) != BASELINE_METHOD else BASELINE_METHOD
     setting = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in cfg.items()
                            if k not in _NOT_SETTING)) if cfg else ()
     return RunInfo(path=d, name=d.name, dataset=str(dataset), teacher=_teacher_name(teacher_raw, d),
@@ -324,13 +325,14 @@ def relative_improvement(ref_acc: float, method_acc: float, vanilla_acc: float) 
 def _vanilla_for(groups: Sequence[Group], g: Group) -> Group | None:
     """The plain student of ``g``: same dataset and student, trained without a teacher (the teacher
     column does not matter for vanilla; a matching one is preferred when the config recorded it)."""
-    cands = [h for h in groups if h.method == "vanilla" and h.dataset == g.dataset and h.student == g.student]
+    cands = [h for h in groups
+             if h.method == BASELINE_METHOD and h.dataset == g.dataset and h.student == g.student]
     same = [h for h in cands if h.teacher == g.teacher]
     return (same or cands or [None])[0]
 
 
 def _row_ri(groups: Sequence[Group], g: Group, ref: str, metric: str) -> float | None:
-    if g.method in (ref, "vanilla"):
+    if g.method in (ref, BASELINE_METHOD):
         return None
     ref_g = next((h for h in groups if h.key == (g.dataset, g.teacher, g.student, ref)), None)
     van = _vanilla_for(groups, g)
@@ -342,7 +344,7 @@ def _row_ri(groups: Sequence[Group], g: Group, ref: str, metric: str) -> float |
     return relative_improvement(a_ref, a_x, a_v)
 
 
-def ari_table(groups: Sequence[Group], ref: str = "semckd",
+def ari_table(groups: Sequence[Group], ref: str = DEFAULT_METHOD,
               metric: str = "best") -> dict[str, tuple[float, int]]:
     """``{method: (ARI %, number of pairs M)}`` for every method with at least one complete pair."""
     per: dict[str, list[float]] = {}
@@ -371,7 +373,8 @@ def _fmt_time(t: float | None) -> str:
     return f"{t / 3600:.2f} h"
 
 
-def build_report(run_dirs: Iterable[str | os.PathLike], metric: str = "best", ari_ref: str = "semckd") -> str:
+def build_report(run_dirs: Iterable[str | os.PathLike], metric: str = "best",
+                 ari_ref: str = DEFAULT_METHOD) -> str:
     """The markdown report for the given run folders (or folders containing runs)."""
     if metric not in ("best", "final"):
         raise UserError(f"--metric must be 'best' or 'final', got {metric!r}")

@@ -141,3 +141,30 @@ def test_old_imports_from_base_still_work_with_a_warning() -> None:
         assert base.register_method is registry.register_method
     with pytest.warns(FutureWarning, match="moved to semckd.methods.build"):
         assert base.build_distiller is build_distiller
+
+
+# files that may spell a method's name: the registry and build docs, the names the library itself uses
+# (semckd/defaults.py), the SemCKD criterion and the demo/bench commands that run SemCKD by design
+_NAME_ALLOWED = {"methods/registry.py", "methods/build.py", "defaults.py", "semckd.py", "commands/demo.py",
+                 "commands/bench.py", "cli.py"}
+# spellings that are not method names: the package's own name, and the loss key of the KD term every
+# Distiller may add (base class) and a combination keeps once
+_NOT_A_METHOD = {("__init__.py", "semckd"), ("methods/base.py", "kd"), ("methods/combine.py", "kd")}
+
+
+def test_no_method_name_outside_its_own_file() -> None:
+    """Adding or renaming a method touches one file: no other module tests for a method's name (the
+    engine, export and report ask the registry's declarations instead)."""
+    root = Path(__file__).resolve().parent.parent / "semckd"
+    own = {name: f"methods/{get_method(name).__module__.rsplit('.', 1)[-1]}.py" for name in list_methods()}
+    leaks = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in _NAME_ALLOWED:
+            continue
+        code = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())  # not comments
+        for name, home in own.items():
+            quoted = re.search(rf"""["']{re.escape(name)}["']""", code)
+            if rel != home and (rel, name) not in _NOT_A_METHOD and quoted:
+                leaks.append(f"{rel}: {name!r}")
+    assert not leaks, leaks

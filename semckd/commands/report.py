@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..defaults import DEFAULT_METHOD
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE", help="also write the table to this markdown file")
     p.add_argument("--metric", choices=("best", "final"), default="best",
                    help="accuracy used for ARI (default: best, as in the paper)")
-    p.add_argument("--ari-ref", default="semckd", metavar="METHOD",
+    p.add_argument("--ari-ref", default=DEFAULT_METHOD, metavar="METHOD",
                    help="the method ARI measures against the others (default: semckd)")
     p.set_defaults(func=run)
 
