@@ -372,3 +372,65 @@ def test_benchmark_helper_reports_all_variants() -> None:
     assert res["reference_fp32"]["speedup"] == 1.0
     assert res["fast_loop_fp32"]["rel_loss_diff"] < 1e-5 and res["fast_fused_fp32"]["rel_loss_diff"] < 1e-5
     assert all(v["min_s"] > 0 and v["steps_per_s"] > 0 for v in res.values())
+
+
+# ---------------------------------------------------------------------- torch.compile (opt-in)
+def _compile_parity(backend: str, config: str) -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS[config]
+    eager = build("fast", s_shapes, t_shapes, B, factor)
+    comp = build("fast", s_shapes, t_shapes, B, factor)
+    comp.torch_compile = backend
+    assert comp.state_dict().keys() == eager.state_dict().keys()  # same layout: nothing wraps the module
+    fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2)
+    want_loss, want_att = naive_semckd({k: v.clone() for k, v in comp.state_dict().items()}, fs, ft)
+    loss, att = comp(fs, ft)
+    assert not comp._compile_failed
+    torch.testing.assert_close(att, want_att, rtol=0, atol=1e-6)
+    assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
+    got, want = torch.autograd.grad(loss, fs), torch.autograd.grad(want_loss, fs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item())
+    eager(fs, ft)  # BN running statistics move exactly as in eager mode
+    se, sc = eager.state_dict(), comp.state_dict()
+    for k in se:
+        torch.testing.assert_close(sc[k], se[k], rtol=1e-5, atol=1e-6)
+    comp.eval()
+    eager.eval()
+    (l1, a1), (l2, a2) = comp(fs, ft), eager(fs, ft)
+    torch.testing.assert_close(a1, a2, rtol=0, atol=1e-6)
+    assert abs(l1.item() - l2.item()) <= 1e-5 * abs(l2.item())
+
+
+def test_torch_compile_plumbing_keeps_parity_and_layout() -> None:
+    # aot_eager: dynamo + AOT autograd without code generation (seconds); inductor below is slow
+    _compile_parity("aot_eager", "three_layers")
+    import copy
+
+    m = copy.deepcopy(SemCKD([4], [6], batch_size=4, torch_compile=True))  # nothing unpicklable attached
+    assert m.torch_compile is True and callable(m.compile)  # nn.Module.compile is not shadowed
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_parity() -> None:
+    _compile_parity(True, "student_larger_and_smaller")
+
+
+def test_torch_compile_failure_falls_back_to_eager() -> None:
+    B, s_shapes, t_shapes, factor = CONFIGS["non_square"]
+    eager = build("fast", s_shapes, t_shapes, B, factor).eval()
+    bad = build("fast", s_shapes, t_shapes, B, factor).eval()
+    bad.torch_compile = "no_such_backend"
+    fs, ft = feats(B, s_shapes, 1), feats(B, t_shapes, 2)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+        loss, att = bad(fs, ft)
+    assert bad._compile_failed
+    (l2, a2) = eager(fs, ft)
+    torch.testing.assert_close(att, a2)
+    torch.testing.assert_close(loss, l2)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, then eager without retrying
+        bad(fs, ft)
+    with pytest.raises(ValueError, match="torch_compile must be"):
+        SemCKD([4], [6], torch_compile=1)  # type: ignore[arg-type]
