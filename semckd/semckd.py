@@ -111,7 +111,7 @@ def _pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class OfficialLayoutMixin:
     """Conversion between this library's layout and the authors' ``SelfA`` state-dict keys.
 
-    Shared by :class:`SemCKD` and :class:`semckd.reference.ReferenceSemCKD`, which both keep
+    Shared by :class:`SemCKD` and :class:`benchmarks.reference.ReferenceSemCKD`, which both keep
     ``query[i]``, ``key[j]`` (:class:`MLPEmbed`) and ``projectors[i][j]`` (:func:`make_projector`).
 
     The authors name pair modules ``'regressor' + str(i) + str(j)``; from 10 layers on two pairs can get
@@ -252,7 +252,7 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
     convs are slower than separate ones on big maps but remove per-pair overhead on small ones, so
     ``fuse="auto"``
     fuses only when the mean per-pair 3×3 work is small (see ``_FUSE_MAX_MACS``; measured on CPU only —
-    check ``python -m semckd.reference --device cuda`` on a GPU). The attention branch and the loss
+    check ``python benchmarks/reference.py --device cuda`` on a GPU). The attention branch and the loss
     reductions always run in float32 (autocast disabled); projectors follow the ambient autocast.
 
     ``torch_compile=True`` (or a ``torch.compile`` backend name) runs the loss through ``torch.compile``
