@@ -191,3 +191,12 @@ def test_beta_warmup_ramps_the_feature_term_and_resumes() -> None:
 def opts_default_has_no_epoch_buffer(d) -> bool:
     """Without the ramp the state is unchanged, so checkpoints written before the option still load."""
     return "epoch" not in d.extras_state_dict() and d.beta_factor() == 1.0
+
+
+def test_torch_compile_option_reaches_the_criterion() -> None:
+    """``--method-args torch_compile=true`` turns the criterion's compile on; the default leaves it off
+    and the state layout is the same either way (checkpoints move between the two)."""
+    plain, _ = make(seed=3)
+    comp, _ = make(seed=3, torch_compile=True)
+    assert plain.semckd.torch_compile is False and comp.semckd.torch_compile is True
+    assert plain.state_dict().keys() == comp.state_dict().keys()

@@ -33,7 +33,9 @@ class SemCKDDistiller(Distiller):
     ``beta_warmup=E`` (opt-in, 0 = the paper) ramps the feature term in linearly over the first ``E``
     epochs, ``beta · min(epoch / E, 1)``, as DKD and ReviewKD do: early on the projectors are random and
     a large ``beta`` can drown the CE term in a short budget. The epoch is tracked in the ``epoch``
-    buffer (only when the ramp is on), so a resumed run continues it.
+    buffer (only when the ramp is on), so a resumed run continues it. ``torch_compile=true`` (opt-in)
+    compiles the criterion: 1.07-1.26x faster per step on CPU once compiled, but compiling takes 1-3
+    minutes, which only long runs repay (BENCHMARKS.md §8.1); it falls back to eager if compiling fails.
     """
 
     name = "semckd"
@@ -47,7 +49,8 @@ class SemCKDDistiller(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  beta: float = 400.0, mode: str = "faithful", factor: int = 4, beta_warmup: int = 0,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0, temperature: float = 4.0, **kw: Any) -> None:
+                 torch_compile: bool = False, ce_weight: float = 1.0, kd_weight: float = 1.0,
+                 temperature: float = 4.0, **kw: Any) -> None:
         if mode not in MODES:
             raise ValueError(f"semckd mode must be one of {', '.join(MODES)}, got {mode!r}")
         if int(beta_warmup) != beta_warmup or beta_warmup < 0:
@@ -69,7 +72,8 @@ class SemCKDDistiller(Distiller):
                     raise ValueError(f"semckd needs 4-D {side} feature maps, got shape {tuple(f.shape)}; "
                                      f"pass {side}_layers=[...] naming convolutional stages")
         self.semckd = SemCKD([f.shape[1] for f in fs], [f.shape[1] for f in ft], batch_size=ctx.batch_size,
-                             factor=factor, mode=mode).to(ctx.example_input.device)
+                             factor=factor, mode=mode, torch_compile=bool(torch_compile)
+                             ).to(ctx.example_input.device)
         self._att_sum: torch.Tensor | None = None
         self._att_n = 0
         self.beta_warmup = int(beta_warmup)
