@@ -43,6 +43,7 @@ from .runfolder import (
     METRICS,
     SUMMARY,
     RunSummary,
+    _num,
     read_config,
     read_epochs,
     read_metrics,  # noqa: F401  (re-exported)
@@ -57,12 +58,6 @@ _METHOD_ORDER = {m: i for i, m in enumerate(REPORT_FIRST)}
 
 
 # ---------------------------------------------------------------------- reading one run
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 @dataclass
