@@ -268,9 +268,10 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
                      f"{per_seed} | {ari} | {f'{statistics.fmean(t):.0f} s' if t else '—'} |")
     if table.get("study"):
         lines += paired_lines(rows)
-    kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("commit")) for r in recs}, key=str)
-    lines += ["", "Machines (cpu, native bf16, precision, commit): "
-              + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {k}" for c, b, a, k in kinds)]
+    kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("threads"), r.get("commit"))
+                    for r in recs}, key=str)
+    lines += ["", "Machines (cpu, native bf16, precision, torch threads, commit): "
+              + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {t} / {k}" for c, b, a, t, k in kinds)]
     return "\n".join(lines) + "\n"
 
 
