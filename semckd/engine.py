@@ -780,9 +780,9 @@ class _Trainer:
             try:
                 if self.val_loader is not None:
                     val = {k.replace("test_", "val_"): v for k, v in
-                           evaluate(self.eval_model, self.val_loader, self.device, amp=self.amp,
+                           evaluate(self.eval_model, self.val_loader, self.device, amp=self.precision,
                                     observer=observer, observe_batch=self.fixed, env=env).items()}
-                test = evaluate(self.eval_model, self.test_loader, self.device, amp=self.amp,
+                test = evaluate(self.eval_model, self.test_loader, self.device, amp=self.precision,
                                 observer=None if val else observer, observe_batch=self.fixed, env=env)
             finally:
                 self.distiller.train()
