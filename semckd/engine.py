@@ -415,15 +415,13 @@ class _Trainer:
                                 "checkpoint")
 
         self.precision = Precision.resolve(cfg.amp, cfg.channels_last, device)  # the run's one decision
-        self.amp, self.amp_reason = self.precision.amp, self.precision.reason
-        self.channels_last = self.precision.channels_last
         _seed_all(cfg.seed)
         eval_bs = cfg.eval_batch_size or self.batch
         self.train_loader, self.val_loader, self.test_loader, info = build_splits(
             cfg.dataset, cfg.data_dir, self.batch, device=device, download=cfg.download,
             limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=full, seed=cfg.seed,
-            rank=env.rank, world_size=env.world_size, channels_last=self.channels_last, workers=cfg.workers,
-            augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
+            rank=env.rank, world_size=env.world_size, channels_last=self.precision.channels_last,
+            workers=cfg.workers, augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
         self.info = info
         self.num_classes = int(_info(info, "num_classes"))
         self.in_channels = int(_info(info, "in_channels"))
@@ -456,7 +454,7 @@ class _Trainer:
                 in_channels=self.in_channels, dataset=cfg.dataset)
         elif cfg.teacher:
             self.note(f"method {spec!r} uses no teacher; ignoring --teacher {cfg.teacher}")
-        mf = torch.channels_last if self.channels_last else torch.preserve_format
+        mf = torch.channels_last if self.precision.channels_last else torch.preserve_format
         student.to(device, memory_format=mf)
         if teacher is not None:
             teacher.to(device, memory_format=mf)
@@ -831,7 +829,7 @@ class _Trainer:
             final_acc=final.get("test_acc"), final_top5=final.get("test_top5"),
             final_val_acc=final.get("val_acc"),
             num_params=self.num_params, world_size=env.world_size, device=str(self.device),
-            amp=self.amp, channels_last=self.channels_last,
+            amp=self.precision.amp, channels_last=self.precision.channels_last,
             train_time_s=time.perf_counter() - t_start, ddp_param_max_abs_diff=divergence,
         ).to_dict()
         if env.is_main:

@@ -114,7 +114,7 @@ def test_engine_follows_the_channels_last_rule(tmp_path, amp, flag, want):
     trainer = engine._Trainer(resolve_config("teacher", flags=flags)[0])
     trainer.setup()
     conv = next(m for m in trainer.student.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
-    assert trainer.channels_last is want
+    assert trainer.precision.channels_last is want
     assert trainer.train_loader.channels_last is want
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) is want
     try:
