@@ -28,6 +28,10 @@ Protocol (the same for every method, so no method gets more tuning than another)
   (committed, with machine, CPU kind, precision, commit), so the table can be finished over several
   sessions; a recorded cell is never rerun. Run folders (checkpoints) go under ``--out-dir`` (runs/,
   ignored by git); a killed run resumes from its ``last.pt``.
+* workers: several processes may run the same table at once (on one machine, e.g. two 1-thread workers
+  on a 2-core box, which beats one 2-thread process there). A worker claims a cell with a file under
+  ``<out-dir>/<table>/.claims`` before training it; a claim whose process is gone is taken over. A worker
+  that finds its next cells claimed waits for them instead of ending, so test seeds still follow tuning.
 """
 
 from __future__ import annotations
@@ -206,6 +210,47 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
     return rec
 
 
+CLAIM_GRACE_S = 30.0  # a claim file not yet holding its pid is this young at most
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_cell(claims: Path, key: str) -> Path | None:
+    """Claim one cell for this process; None while another live process holds it.
+
+    An O_EXCL file holding the owner's pid, rather than a lock library: the workers share one machine and
+    one folder, and a worker killed when a session ends leaves a file whose pid is gone, which the next
+    worker takes over, so no cell is lost and none is trained twice at once."""
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / key
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                text, age = path.read_text().strip(), time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile
+            if not text and age < CLAIM_GRACE_S:
+                return None  # being written by its owner
+            if text.isdigit() and int(text) != os.getpid() and _alive(int(text)):
+                return None
+            path.unlink(missing_ok=True)  # stale: its worker died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    return None
+
+
 def _has(recs: list[dict[str, Any]], method: str, values: dict[str, Any], seed: int) -> bool:
     return any(r["method"] == method and r["values"] == values and r["seed"] == seed for r in recs)
 
@@ -310,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the table from recorded results; train nothing")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--poll", type=float, default=60.0,
+                   help="seconds between looks at cells other workers hold (default 60)")
     p.add_argument("--limit-train", type=int, default=None, help="smoke runs only: override the budget's "
                    "training images (needs --results elsewhere, so the real table is never mixed with it)")
     p.add_argument("--epochs", type=int, default=None, help="smoke runs only: override the budget's epochs")
@@ -329,30 +376,56 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m.strip() for m in a.methods.split(",")] if a.methods else table["methods"]
     info = machine()
     new = 0
+    claims = Path(a.out_dir) / name / ".claims"
     if not a.report:
-        def run(m: str, values: dict[str, Any], seed: int) -> bool:
-            """Run one cell unless it is recorded; False once --max-runs is reached."""
+        def run(m: str, values: dict[str, Any], seed: int) -> str:
+            """Run one cell unless recorded: 'done', 'busy' (another worker has it) or 'stop' (--max-runs)."""
             nonlocal new
             if _has(read_results(results), m, values, seed):
-                return True
+                return "done"
             if a.max_runs is not None and new >= a.max_runs:
-                return False
-            run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
+                return "stop"
+            key = f"{m.replace('+', '-')}__{cell_label(values) or 'default'}__seed{seed}"
+            claim = claim_cell(claims, key)
+            if claim is None:
+                return "busy"
+            try:
+                if _has(read_results(results), m, values, seed):  # finished while we claimed
+                    return "done"
+                run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
+            finally:
+                claim.unlink(missing_ok=True)
             new += 1
             write_text_atomic(md, table_md(name, read_results(results), table))
-            return True
+            return "done"
 
-        for m in methods:
-            grid = grid_for(table, m)
-            points = grid_points(grid)
-            plan = ([(v, s) for v in points for s in SEEDS] if table.get("study") or not grid
-                    else [(v, 0) for v in points])
-            if not all(run(m, values, seed) for values, seed in plan):
-                continue
-            if grid and not table.get("study"):
-                sel = selected_values(read_results(results), m, grid)
-                if sel is not None:
-                    all(run(m, sel, seed) for seed in SEEDS[1:])
+        def one_pass() -> str:
+            """Every cell this worker can take now; 'busy' when some are held by other workers."""
+            busy = False
+            for m in methods:
+                grid = grid_for(table, m)
+                points = grid_points(grid)
+                plan = ([(v, s) for v in points for s in SEEDS] if table.get("study") or not grid
+                        else [(v, 0) for v in points])
+                states = []
+                for values, seed in plan:
+                    states.append(run(m, values, seed))
+                    if states[-1] == "stop":
+                        return "stop"
+                busy |= "busy" in states
+                if grid and not table.get("study") and "busy" not in states:
+                    sel = selected_values(read_results(results), m, grid)
+                    if sel is not None:
+                        for seed in SEEDS[1:]:
+                            st = run(m, sel, seed)
+                            if st == "stop":
+                                return "stop"
+                            busy |= st == "busy"
+            return "busy" if busy else "done"
+
+        while one_pass() == "busy":
+            print(f"[{name}] waiting for cells other workers hold ({claims})", flush=True)
+            time.sleep(a.poll)
     text = table_md(name, read_results(results), table)
     write_text_atomic(md, text)
     print(text, end="")

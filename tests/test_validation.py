@@ -270,3 +270,60 @@ def test_protocol_pairs_study_rows_within_a_method():
     paired = [x for x in protocol.table_md("bf16", recs).splitlines() if x.startswith("Paired")]
     assert len(paired) == 2 and all("seed 0: +1.00" in x for x in paired)
     assert "vanilla, amp=bf16 − vanilla, amp=none" in paired[1]
+
+
+def test_protocol_claims_keep_workers_apart(tmp_path):
+    """A live worker's claim holds a cell; a dead worker's claim (session ended) is taken over."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    claims = tmp_path / ".claims"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claims.mkdir()
+        (claims / "kd__x__seed0").write_text(str(holder.pid))
+        assert protocol.claim_cell(claims, "kd__x__seed0") is None
+    finally:
+        holder.kill()
+        holder.wait()
+    mine = protocol.claim_cell(claims, "kd__x__seed0")  # its holder is gone: stale
+    assert mine is not None and mine.read_text() == str(__import__("os").getpid())
+    (claims / "kd__y__seed0").write_text("")  # just created, pid not yet written
+    assert protocol.claim_cell(claims, "kd__y__seed0") is None
+
+
+def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, monkeypatch):
+    """A worker that finds a tuning cell held by another worker neither skips the method's test seeds nor
+    trains the held cell twice: it waits, and takes the cell over once its holder dies."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    results, out = tmp_path / "r.jsonl", tmp_path / "runs"
+    trained: list[tuple] = []
+
+    def fake_cell(name, table, method, values, seed, out_dir, results_path, info):
+        trained.append((method, values.get("beta"), seed))
+        rec = {"table": name, "method": method, "values": values, "label": "", "seed": seed,
+               "best_val_acc": 80.0 + (values.get("beta") or 0.0), "best_acc": 70.0, "train_time_s": 1.0}
+        protocol._append(results_path, rec)
+        return rec
+
+    monkeypatch.setattr(protocol, "run_cell", fake_cell)
+    grid = protocol.grid_for(protocol.TABLES["large"], "crd")["beta"]
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    claims = out / "large" / ".claims"
+    claims.mkdir(parents=True)
+    (claims / f"crd__beta={grid[-1]}__seed0").write_text(str(holder.pid))
+    sleeps = []
+
+    def fake_sleep(s):  # the holder dies while the worker waits
+        sleeps.append(s)
+        holder.kill()
+        holder.wait()
+
+    monkeypatch.setattr(protocol.time, "sleep", fake_sleep)
+    assert protocol.main(["--table", "large", "--methods", "crd", "--results", str(results),
+                          "--out-dir", str(out), "--poll", "0.5"]) == 0
+    assert sleeps == [0.5]
+    assert sorted(trained) == sorted([("crd", b, 0) for b in grid] + [("crd", grid[-1], s) for s in (1, 2)])
+    assert not any(claims.iterdir())  # every claim released
