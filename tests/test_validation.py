@@ -327,3 +327,33 @@ def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, mon
     assert sleeps == [0.5]
     assert sorted(trained) == sorted([("crd", b, 0) for b in grid] + [("crd", grid[-1], s) for s in (1, 2)])
     assert not any(claims.iterdir())  # every claim released
+
+
+@pytest.mark.parametrize("name", ["short", "large", "warmup", "bf16"])
+def test_committed_tables_are_what_their_results_give(name):
+    """The tables in benchmarks/results are regenerated from the recorded runs, never edited by hand."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    res = ROOT / "benchmarks" / "results" / f"fmnist_{name}.jsonl"
+    recs = protocol.read_results(res)
+    assert recs and all(r["table"] == name for r in recs)
+    assert protocol.table_md(name, recs, protocol.TABLES[name]) == res.with_suffix(".md").read_text()
+
+
+def test_readme_headline_numbers_come_from_the_protocol_tables():
+    """Every test accuracy in the README's headline table is a row of a recorded protocol table."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    head = readme[readme.index("**When SemCKD pays off"):readme.index("## Contents")]
+    rows = {"short": [], "large": []}
+    for line in head.splitlines():
+        for name in rows:
+            if line.startswith(f"| {name}:"):
+                rows[name] = re.findall(r"\d+\.\d\d ± \d+\.\d\d", line)
+    for name, cells in rows.items():
+        assert len(cells) >= 6, name
+        md = (ROOT / "benchmarks" / "results" / f"fmnist_{name}.md").read_text()
+        test_cells = {line.split("|")[6].strip() for line in md.splitlines()[2:] if line.startswith("| ")}
+        assert set(cells) <= test_cells, (name, set(cells) - test_cells)
