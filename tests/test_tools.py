@@ -411,6 +411,17 @@ def test_saved_for_backward_counts_distinct_storages():
         assert saved_for_backward_mb(lambda: (x @ w).sum()) == 0.0
 
 
+def test_bench_counts_default_what_is_unset_and_keep_zero_warmup():
+    from benchmarks.bench.config import default_counts, resolve_counts
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_counts(cpu, None, None, None, None) == (*default_counts(cpu), True)
+    assert resolve_counts(cuda, None, None, None, None) == (*default_counts(cuda), False)
+    assert resolve_counts(cpu, 7, 0, 2, False) == (7, 0, 2, False)  # 0 warm-up is a choice
+    steps, _, repeats, _ = resolve_counts(cpu, 0, None, 0, None)  # 0 steps or repeats: the default
+    assert (steps, repeats) == (default_counts(cpu)[0], default_counts(cpu)[2])
+
+
 def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
     out = tmp_path / "b.json"
     rc = main(["bench", "--student", "resnet8", "--teacher", "resnet8", "--input-size", "8",

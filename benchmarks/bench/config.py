@@ -94,3 +94,15 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 def default_counts(device: torch.device) -> tuple[int, int, int]:
     """(steps, warmup, repeats): CPU steps take seconds, GPU steps milliseconds."""
     return (20, 5, 5) if device.type == "cuda" else (2, 1, 3)
+
+
+def resolve_counts(device: torch.device, steps: int | None, warmup: int | None, repeats: int | None,
+                   isolate: bool | None) -> tuple[int, int, int, bool]:
+    """The user's (steps, warmup, repeats, isolate) with the device's defaults for what is unset.
+
+    Zero warm-up steps is a valid choice, zero steps or repeats is not (it means the default); on a
+    CPU each measurement runs in its own process by default, so its peak-RSS growth is its own.
+    """
+    d_steps, d_warm, d_rep = default_counts(device)
+    return (steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep,
+            device.type == "cpu" if isolate is None else isolate)

@@ -15,9 +15,9 @@ from .config import (
     PRECISIONS,
     BenchConfig,
     _threads,
-    default_counts,
     default_precision,
     machine_info,
+    resolve_counts,
     resolve_device,
 )
 from .table import _add_speedups, _f
@@ -99,9 +99,7 @@ def run_scaling(student: str = "resnet8x4", teacher: str = "resnet32x4", input_s
         precision = default_precision(dev)
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose from auto, {', '.join(PRECISIONS)}")
-    d_steps, d_warm, d_rep = default_counts(dev)
-    steps, warmup, repeats = steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep
-    isolate = dev.type == "cpu" if isolate is None else isolate
+    steps, warmup, repeats, isolate = resolve_counts(dev, steps, warmup, repeats, isolate)
     with _threads(threads):
         return _run_scaling(student, teacher, input_size, in_channels, num_classes, batch_sizes, methods,
                             precision, dev, steps, warmup, repeats, isolate, layer_points, base_batch,

@@ -15,9 +15,9 @@ from .config import (
     PRECISIONS,
     BenchConfig,
     _threads,
-    default_counts,
     default_precision,
     machine_info,
+    resolve_counts,
     resolve_device,
 )
 from .peak import matmul_peak_gflops
@@ -46,9 +46,7 @@ def run_bench(pairs: Sequence[tuple[str, str, str, int, int, int]], methods: Seq
     if batch_size < 1:
         raise UserError("--batch-size must be ≥ 1")
     dev = resolve_device(device)
-    d_steps, d_warm, d_rep = default_counts(dev)
-    steps, warmup, repeats = steps or d_steps, d_warm if warmup is None else warmup, repeats or d_rep
-    isolate = dev.type == "cpu" if isolate is None else isolate
+    steps, warmup, repeats, isolate = resolve_counts(dev, steps, warmup, repeats, isolate)
     with _threads(threads):  # also for the peak estimate
         return _run_bench(pairs, methods, precisions, batch_size, dev, steps, warmup, repeats, isolate,
                           count_flops, peak_gflops, threads, log)
