@@ -171,12 +171,17 @@ def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: in
     return cfg
 
 
+def cell_path(method: str, values: dict[str, Any], seed: int) -> Path:
+    """A cell's place under a table's folder (``method/label/seedN``); its claim file is named after it."""
+    return Path(method.replace("+", "-"), cell_label(values) or "default", f"seed{seed}")
+
+
 def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, Any], seed: int,
              out_dir: Path, results: Path, info: dict[str, Any]) -> dict[str, Any]:
     from semckd.engine import NonFiniteLossError, train
 
     label = cell_label(values) or "default"
-    run_dir = out_dir / name / method.replace("+", "-") / label / f"seed{seed}"
+    run_dir = out_dir / name / cell_path(method, values, seed)
     cfg = _config(table, method, values, seed, run_dir)
     from semckd.runfolder import read_summary
 
@@ -219,7 +224,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, under another user
     return True
 
 
@@ -385,8 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                 return "done"
             if a.max_runs is not None and new >= a.max_runs:
                 return "stop"
-            key = f"{m.replace('+', '-')}__{cell_label(values) or 'default'}__seed{seed}"
-            claim = claim_cell(claims, key)
+            claim = claim_cell(claims, "__".join(cell_path(m, values, seed).parts))
             if claim is None:
                 return "busy"
             try:
