@@ -37,7 +37,6 @@ Protocol (the same for every method, so no method gets more tuning than another)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -53,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from semckd.atomic import write_text_atomic  # noqa: E402
 from semckd.config import resolve_config, scaled_milestones  # noqa: E402
-from semckd.sweep import cell_label, grid_points, select_value, summarise  # noqa: E402
+from semckd.sweep import cell_label, grid_points, plan_cell, select_value, summarise  # noqa: E402
 
 TEACHER = ROOT / "semckd" / "weights" / "fashion_mnist_resnet20.pt"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -183,16 +182,8 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
     label = cell_label(values) or "default"
     run_dir = out_dir / name / cell_path(method, values, seed)
     cfg = _config(table, method, values, seed, run_dir)
-    from semckd.runfolder import read_summary
-
-    done = read_summary(run_dir, strict=False)
-    if done is not None and done.epochs == cfg.epochs:
-        run = done.to_dict()
-    else:
-        if (run_dir / "last.pt").is_file():
-            cfg = dataclasses.replace(cfg, resume=True)
-        elif run_dir.exists() and any(run_dir.iterdir()):
-            cfg = dataclasses.replace(cfg, force=True)
+    run, cfg, _ = plan_cell(cfg, run_dir)
+    if run is None:
         print(f"[{name}] {method} {label} seed {seed} → {run_dir}", flush=True)
         t0 = time.time()
         try:

@@ -27,7 +27,8 @@ from typing import Any
 from .config import TrainConfig, _parse_scalar
 from .errors import UserError
 
-__all__ = ["SweepResult", "cell_label", "grid_points", "parse_grid", "run_sweep", "select_value", "summarise"]
+__all__ = ["SweepResult", "cell_label", "grid_points", "parse_grid", "plan_cell", "run_sweep", "select_value",
+           "summarise"]
 
 
 def _split_values(text: str) -> list[str]:
@@ -133,12 +134,24 @@ def select_value(summary: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return {"values": best["values"], "label": best["label"], "val_mean": best["val_mean"]}
 
 
-def _finished(run_dir: Path, epochs: int) -> dict[str, Any] | None:
-    """The summary of a cell that finished all ``epochs`` (an unreadable run.json counts as unfinished)."""
-    from .runfolder import read_summary
+def plan_cell(cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, Any] | None, TrainConfig, str]:
+    """How to (re)start one cell in ``run_dir``: ``(summary, cfg, how)``.
+
+    ``summary`` is the finished run's ``run.json`` when it trained all ``cfg.epochs`` (an unreadable one
+    counts as unfinished), and then there is nothing to train; otherwise ``cfg`` resumes from a ``last.pt``,
+    or overwrites a folder killed before its first checkpoint (nothing to keep), or starts afresh. Shared
+    by the sweep and ``benchmarks/protocol.py`` so both restart a killed cell the same way.
+    """
+    from .runfolder import LAST, read_summary
 
     run = read_summary(run_dir, strict=False)
-    return run.to_dict() if run is not None and run.epochs == epochs else None
+    if run is not None and run.epochs == cfg.epochs:
+        return run.to_dict(), cfg, "finished earlier"
+    if (run_dir / LAST).is_file():
+        return None, dataclasses.replace(cfg, resume=True), "resuming"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return None, dataclasses.replace(cfg, force=True), "restarting (no checkpoint yet)"
+    return None, cfg, "training"
 
 
 def _table(result: SweepResult, grid: dict[str, list[Any]], seeds: Sequence[int]) -> str:
@@ -240,19 +253,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
             run_dir = out / cell_label(values) / f"seed{seed}"
             cfg = dataclasses.replace(base, method_args=args, seed=seed, out=str(run_dir), resume=False,
                                       force=False)
-            run = _finished(run_dir, cfg.epochs)
+            run, cfg, how = plan_cell(cfg, run_dir)
             if run is not None:
-                log(f"[{done}/{total}] {cell_label(values)} seed {seed}: finished earlier, "
-                    f"read from {run_dir}")
+                log(f"[{done}/{total}] {cell_label(values)} seed {seed}: {how}, read from {run_dir}")
             else:
-                if (run_dir / "last.pt").is_file():
-                    cfg.resume = True
-                    how = "resuming"
-                elif run_dir.exists() and any(run_dir.iterdir()):
-                    cfg.force = True  # killed before its first checkpoint: nothing to keep
-                    how = "restarting (no checkpoint yet)"
-                else:
-                    how = "training"
                 log(f"[{done}/{total}] {cell_label(values)} seed {seed}: {how} → {run_dir}")
                 run = train_fn(cfg)
             records.append({"values": values, "seed": seed, "out": str(run_dir), "method": base.method_spec,
