@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from semckd.atomic import write_text_atomic  # noqa: E402
 from semckd.config import resolve_config, scaled_milestones  # noqa: E402
+from semckd.runfolder import read_jsonl  # noqa: E402
 from semckd.sweep import cell_label, grid_points, plan_cell, select_value, summarise  # noqa: E402
 
 TEACHER = ROOT / "semckd" / "weights" / "fashion_mnist_resnet20.pt"
@@ -125,16 +126,7 @@ def machine() -> dict[str, Any]:
             "cpu_bf16": cpu_has_native_bf16(), "torch": torch.__version__, "commit": commit}
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    return out
+read_results = read_jsonl  # the results file: a line cut by a kill is skipped
 
 
 def _append(path: Path, rec: dict[str, Any]) -> None:

@@ -38,8 +38,8 @@ from .errors import UserError
 
 __all__ = ["BEST", "CONFIG", "FORMAT", "LAST", "METRICS", "RUN_FILES", "SUMMARY", "CheckpointMeta",
            "EpochRecord", "RunSummary", "checkpoint_meta", "is_training_checkpoint", "json_safe",
-           "load_checkpoint", "load_training_checkpoint", "read_config", "read_epochs", "read_metrics",
-           "read_summary", "strip_wrapper_prefixes", "write_metrics", "write_summary"]
+           "load_checkpoint", "load_training_checkpoint", "read_config", "read_epochs", "read_jsonl",
+           "read_metrics", "read_summary", "strip_wrapper_prefixes", "write_metrics", "write_summary"]
 
 CONFIG, METRICS, LAST, BEST, SUMMARY = "config.yaml", "metrics.jsonl", "last.pt", "best.pt", "run.json"
 RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY)
@@ -132,10 +132,10 @@ class EpochRecord:
         return getattr(self, key, None) if key in _HEAD or key in _TAIL else None
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The per-epoch JSON objects of a run as written; a truncated last line (killed mid-write, by older
-    versions that appended) is skipped."""
-    path = Path(run_dir) / METRICS
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (``[]`` when absent); a line cut short by a kill mid-append is
+    skipped, so a file that is appended to while a run can die stays readable."""
+    path = Path(path)
     if not path.is_file():
         return []
     rows = []
@@ -150,6 +150,12 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             rows.append(obj)
     return rows
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The per-epoch JSON objects of a run as written; a truncated last line (killed mid-write, by older
+    versions that appended) is skipped."""
+    return read_jsonl(Path(run_dir) / METRICS)
 
 
 def read_epochs(run_dir: str | os.PathLike) -> list[EpochRecord]:
