@@ -5,6 +5,10 @@ split, then 3 seeds at the chosen value; one command per table.
     python benchmarks/protocol.py --table large     # 10000 training images, 12 epochs, 6 methods
     python benchmarks/protocol.py --table warmup    # SemCKD at beta=400 with and without beta_warmup
     python benchmarks/protocol.py --table bf16      # SemCKD fp32 vs bf16 autocast, paired seeds
+    python benchmarks/protocol.py --table attention        # SemCKD learned vs uniform vs one_to_one (short)
+    python benchmarks/protocol.py --table attention_large  # the same at the large budget
+    python benchmarks/protocol.py --table cross_wrn_40_2_mobilenetv2   # the paper's cross-architecture pairs
+    python benchmarks/protocol.py --table cross_vgg13_shufflenetv2
     python benchmarks/protocol.py --table short --report   # only print the table from what is recorded
 
 Protocol (the same for every method, so no method gets more tuning than another):
@@ -24,6 +28,12 @@ Protocol (the same for every method, so no method gets more tuning than another)
   selected value. Vanilla has no weight: seeds 0-2. Every other option stays at the library default,
   except KD (the SemCKD code's 1·CE + 1·KD) and DKD's warm-up, scaled with the budget like the
   milestones (20 of 240 epochs → ``max(1, round(epochs/12))``).
+* row tables (``attention*``, ``cross_*``): each row is a method with fixed options and, where a value
+  is a list, a grid tuned on seed 0 exactly as above; options at their default are dropped from a
+  cell, so a row that only spells a default (``attention_temperature=1``) shares the paper row's runs.
+  The cross-architecture tables use the pair's shipped teacher and the student's default learning rate
+  (0.01 for MobileNetV2/ShuffleNet, the authors' rule), and report paired per-seed differences of the
+  SemCKD ablation rows against learned SemCKD.
 * results: one JSON line per finished run appended to ``benchmarks/results/fmnist_<table>.jsonl``
   (committed, with machine, CPU kind, precision, commit), so the table can be finished over several
   sessions; a recorded cell is never rerun. Run folders (checkpoints) go under ``--out-dir`` (runs/,
@@ -89,6 +99,51 @@ TABLES: dict[str, dict[str, Any]] = {
              "grid": {"semckd": {"amp": ["none", "bf16"]}, "vanilla": {"amp": ["none", "bf16"]}},
              "fixed": {"semckd": {"beta": 100.0}}},
 }
+
+def _grid(paper: float, factors: tuple[float, ...] = (1 / 16, 1 / 4, 1, 4)) -> list[float]:
+    return [float(f"{paper * f:.6g}") for f in factors]
+
+
+# options whose default is dropped from a cell's values (so the paper's row and a row spelling the
+# default share runs)
+OPTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "semckd": {"attention": "learned", "attention_temperature": 1.0}}
+TEMPERATURES = [0.25, 1.0, 4.0]  # SemCKD's attention softmax temperature grid (1 = the paper)
+ABLATION_ROWS = [("semckd learned (paper)", "semckd", {}),
+                 ("semckd uniform", "semckd", {"attention": "uniform"}),
+                 ("semckd one_to_one", "semckd", {"attention": "one_to_one"}),
+                 ("semckd learned, temperature tuned", "semckd", {"attention_temperature": TEMPERATURES})]
+
+
+CROSS_FACTORS = (1 / 16, 1 / 4, 1)  # the large table's grid: 3 points per row, the paper's value included
+
+
+def _cross_rows() -> list[tuple[str, str, dict[str, Any]]]:
+    rows: list[tuple[str, str, dict[str, Any]]] = [("vanilla", "vanilla", {})]
+    for m in ("kd", "fitnet", "at"):
+        key, paper, _ = METHODS[m]
+        rows.append((m, m, {key: _grid(paper, CROSS_FACTORS)}))
+    beta = _grid(METHODS["semckd"][1], CROSS_FACTORS)
+    rows += [("semckd learned (paper)", "semckd", {"beta": beta}),
+             ("semckd uniform", "semckd", {"attention": "uniform", "beta": beta}),
+             ("semckd one_to_one", "semckd", {"attention": "one_to_one", "beta": beta})]
+    return rows
+
+
+def _cross(teacher_model: str, student: str) -> dict[str, Any]:
+    return {"limit_train": 3000, "epochs": 6, "rows": _cross_rows(), "student": student,
+            "teacher": ROOT / "semckd" / "weights" / f"fashion_mnist_{teacher_model}.pt",
+            "lr": None, "paired_to": "semckd learned (paper)"}
+
+
+# SemCKD at the beta each budget's table chose on validation (short 100, large 25)
+TABLES["attention"] = {"limit_train": 3000, "epochs": 6, "rows": ABLATION_ROWS,
+                       "fixed": {"semckd": {"beta": 100.0}}, "paired_to": "semckd learned (paper)"}
+TABLES["attention_large"] = {"limit_train": 10000, "epochs": 12, "rows": ABLATION_ROWS,
+                             "fixed": {"semckd": {"beta": 25.0}}, "paired_to": "semckd learned (paper)"}
+TABLES["cross_wrn_40_2_mobilenetv2"] = _cross("wrn_40_2", "mobilenetv2")
+TABLES["cross_vgg13_shufflenetv2"] = _cross("vgg13", "shufflenetv2")
+
 # grid keys that are run settings, not method options
 RUN_KEYS = ("amp",)
 SEEDS = (0, 1, 2)
@@ -151,13 +206,14 @@ def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: in
         for h in head:
             node = node.setdefault(h, {})
         node[last] = v
-    flags = dict(dataset="fashion_mnist", model="resnet8", method=method, method_args=args,
+    flags = dict(dataset="fashion_mnist", model=table.get("student", "resnet8"), method=method,
+                 method_args=args,
                  epochs=epochs, milestones=scaled_milestones(epochs), limit_train=table["limit_train"],
-                 val_split=VAL_SPLIT, val_seed=0, seed=seed, batch_size=64, lr=0.05,
+                 val_split=VAL_SPLIT, val_seed=0, seed=seed, batch_size=64, lr=table.get("lr", 0.05),
                  amp=values.get("amp", "none"),
                  device="cpu", out=str(out), quiet=True, tensorboard=False)
     if method != "vanilla":
-        flags["teacher"] = str(TEACHER)
+        flags["teacher"] = str(table.get("teacher", TEACHER))
     cfg, _ = resolve_config("distill", flags=flags)
     return cfg
 
@@ -256,6 +312,88 @@ def selected_values(recs: list[dict[str, Any]], method: str, grid: dict[str, lis
     return sel["values"] if sel else None
 
 
+# ---------------------------------------------------------------------- row tables
+def _norm(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A cell's values without options at their default (so equal runs are one cell)."""
+    defaults = OPTION_DEFAULTS.get(method, {})
+    return {k: v for k, v in values.items() if not (k in defaults and defaults[k] == v)}
+
+
+def row_points(row: tuple[str, str, dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """A row's cells (normalised) and whether it is tuned (some option is a list)."""
+    _, method, opts = row
+    fixed = {k: v for k, v in opts.items() if not isinstance(v, list)}
+    grid = {k: v for k, v in opts.items() if isinstance(v, list)}
+    return [_norm(method, {**fixed, **p}) for p in grid_points(grid)], bool(grid)
+
+
+def row_selected(recs: list[dict[str, Any]], row: tuple[str, str, dict[str, Any]]) -> dict | None:
+    """The row's cell chosen on seed-0 validation accuracy (its only cell if untuned; None until tuned)."""
+    points, tuned = row_points(row)
+    if not tuned:
+        return points[0]
+    summary = summarise([r for r in recs if r["method"] == row[1] and r["seed"] == 0], points)
+    if any(not x["seeds"] for x in summary):
+        return None
+    sel = select_value(summary)
+    return sel["values"] if sel else None
+
+
+def row_plan(recs: list[dict[str, Any]], row: tuple[str, str, dict[str, Any]]) -> list[tuple[dict, int]]:
+    """The cells to run now, in order: tuning cells (seed 0), then seeds 1-2 of the selection."""
+    points, tuned = row_points(row)
+    if not tuned:
+        return [(points[0], s) for s in SEEDS]
+    plan = [(p, 0) for p in points]
+    sel = row_selected(recs, row)
+    if sel is not None:
+        plan += [(sel, s) for s in SEEDS[1:]]
+    return plan
+
+
+def rows_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any]) -> str:
+    """The row table: per row its tuning, selection, 3-seed test accuracy; then paired differences."""
+    lines = ["| row | grid (seed-0 val acc) | selected | seeds | val acc | test acc | per-seed test | "
+             "time / run |", "|---|---|---|---:|---:|---:|---|---:|"]
+    by_row: dict[str, dict[int, float]] = {}
+    for row in table["rows"]:
+        label, method, _ = row
+        points, tuned = row_points(row)
+        sel = row_selected(recs, row)
+        mine = [r for r in recs if r["method"] == method]
+        rs = sorted((r for r in mine if sel is not None and r["values"] == sel), key=lambda r: r["seed"])
+        tune = ", ".join(
+            f"{cell_label(p) or 'default'}: " + next(
+                ("diverged" if r.get("best_val_acc") is None else f"{r['best_val_acc']:.2f}"
+                 for r in mine if r["values"] == p and r["seed"] == 0), "…")
+            for p in points) if tuned else "—"
+        t = [r["train_time_s"] for r in rs if r.get("train_time_s")]
+        per_seed = ", ".join("diverged" if r.get("best_acc") is None else f"{r['best_acc']:.2f}" for r in rs)
+        shown_sel = (cell_label(sel) or "default") if sel is not None else "(tuning)"
+        lines.append(f"| {label} | {tune} | {shown_sel if tuned else '—'} | {len(rs)}/{len(SEEDS)} | "
+                     f"{_ms([r['best_val_acc'] for r in rs])} | {_ms([r['best_acc'] for r in rs])} | "
+                     f"{per_seed} | {f'{statistics.fmean(t):.0f} s' if t else '—'} |")
+        by_row[label] = {r["seed"]: r["best_acc"] for r in rs if r.get("best_acc") is not None}
+    base_label = table.get("paired_to")
+    base = by_row.get(base_label or "", {})
+    diffs = []
+    for label, accs in by_row.items():
+        if label == base_label or not base:
+            continue
+        d = [(s, accs[s] - base[s]) for s in sorted(accs) if s in base]
+        if d:
+            diffs.append(f"Paired test difference, {label} − {base_label}: "
+                         + ", ".join(f"seed {s}: {x:+.2f}" for s, x in d)
+                         + f" (mean {_ms([x for _, x in d])})")
+    if diffs:
+        lines += [""] + diffs
+    kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("threads"), r.get("commit"))
+                    for r in recs}, key=str)
+    lines += ["", "Machines (cpu, native bf16, precision, torch threads, commit): "
+              + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {t} / {k}" for c, b, a, t, k in kinds)]
+    return "\n".join(lines) + "\n"
+
+
 def _ms(xs: list[float]) -> str:
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -265,6 +403,8 @@ def _ms(xs: list[float]) -> str:
 
 def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None = None) -> str:
     table = table or TABLES[name]
+    if "rows" in table:
+        return rows_md(name, recs, table)
     rows, means = [], {}
     for m in table["methods"]:
         grid = grid_for(table, m)
@@ -361,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         table.update({k: v for k, v in (("limit_train", a.limit_train), ("epochs", a.epochs)) if v})
     results = Path(a.results) if a.results else RESULTS / f"fmnist_{name}.jsonl"
     md = results.with_suffix(".md")
-    methods = [m.strip() for m in a.methods.split(",")] if a.methods else table["methods"]
+    methods = ([m.strip() for m in a.methods.split(",")] if a.methods
+               else table.get("methods") or sorted({r[1] for r in table.get("rows", [])}))
     info = machine()
     new = 0
     claims = Path(a.out_dir) / name / ".claims"
@@ -389,6 +530,23 @@ def main(argv: list[str] | None = None) -> int:
         def one_pass() -> str:
             """Every cell this worker can take now; 'busy' when some are held by other workers."""
             busy = False
+            if "rows" in table:
+                for row in table["rows"]:
+                    if a.methods and row[1] not in methods:
+                        continue
+                    states = []
+                    for values, seed in row_plan(read_results(results), row):
+                        states.append(run(row[1], values, seed))
+                        if states[-1] == "stop":
+                            return "stop"
+                    busy |= "busy" in states
+                    if "busy" not in states:  # tuning just finished: the selection's seeds
+                        for values, seed in row_plan(read_results(results), row):
+                            st = run(row[1], values, seed)
+                            if st == "stop":
+                                return "stop"
+                            busy |= st == "busy"
+                return "busy" if busy else "done"
             for m in methods:
                 grid = grid_for(table, m)
                 points = grid_points(grid)

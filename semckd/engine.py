@@ -48,6 +48,7 @@ from .checkpoint import (
     split_checkpoint,
 )
 from .config import TrainConfig, config_diff
+from .diagnostics import attention_pinned
 from .errors import UserError
 from .precision import Precision, state_writes_guard
 from .runfolder import (
@@ -787,6 +788,8 @@ class _Trainer:
             if val:
                 test = {**test, "val_acc": val["val_acc"]}
             extras = observer.pop_summary() if observer is not None else None
+            if extras:
+                extras["observed_on"] = "val" if val else "test"
             self._check_state_finite(epoch, test)
             improved = self._improved(test, val)
             if improved:
@@ -818,6 +821,7 @@ class _Trainer:
                      f"{rec['images_per_s']:.0f} img/s  {line['epoch_time_s']:.1f}s")
         divergence = D.param_divergence(self.student, env)
         final = self.metrics.rows[-1] if self.metrics.rows else last_test
+        pinned = attention_pinned(final.get("extras"))
         if env.enabled and divergence > 0:
             self.note(f"warning: student parameters differ across processes (max |diff| {divergence:.3g})")
         summary = RunSummary(
@@ -831,6 +835,7 @@ class _Trainer:
             num_params=self.num_params, world_size=env.world_size, device=str(self.device),
             amp=self.precision.amp, channels_last=self.precision.channels_last,
             train_time_s=time.perf_counter() - t_start, ddp_param_max_abs_diff=divergence,
+            notes=[pinned] if pinned else None,
         ).to_dict()
         if env.is_main:
             run_json = self.out / "run.json"
@@ -848,6 +853,8 @@ class _Trainer:
             else:
                 self.say(f"done: best test accuracy {self.best_acc:.2f}% (epoch {self.best_epoch}); "
                          f"checkpoints in {cfg.out}")
+            for note in summary.get("notes") or []:
+                self.note(note)
         return summary
 
     def close(self) -> None:

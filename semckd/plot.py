@@ -5,7 +5,9 @@ figure is drawn. Figures are built with ``matplotlib.figure.Figure`` and the Agg
 no GUI backend is needed and a user's pyplot state is never touched.
 
 The attention heatmaps read ``extras.attention`` (an S×T nested list: student layer × teacher layer,
-the soft association α averaged over the test set) from each epoch's line in ``metrics.jsonl``.
+the soft association α averaged over the validation split, or the test set in a run without one) and,
+where recorded, ``pair_mse``, ``attention_logit`` and ``attention_box`` from each epoch's line in
+``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
+from .diagnostics import attention_pinned
 from .errors import UserError
 from .report import load_run
-from .runfolder import EpochRecord, read_epochs
+from .runfolder import EpochRecord, read_config, read_epochs
 
 __all__ = ["attention_by_epoch", "pick_epochs", "plot_attention", "plot_curves"]
 
@@ -77,12 +80,36 @@ def _layer_labels(extras: dict[str, Any], key: str, n: int, prefix: str) -> list
     return [f"{prefix}{i + 1}" for i in range(n)]
 
 
+def _split_label(run_dir: Path, extras: dict[str, Any]) -> str:
+    """Which images the summary was averaged over: the record says; older records follow the engine's
+    rule (the validation split when the run has one, else the test set)."""
+    where = extras.get("observed_on")
+    if where is None:
+        where = "val" if read_config(run_dir).get("val_split") else "test"
+    return "validation-split mean" if where == "val" else "test-set mean"
+
+
+def _annotate(ax, mat: list[list[float | None]], logits: list[list[float]] | None, bright: float) -> None:
+    if len(mat) * len(mat[0]) > 64:
+        return
+    for i, row in enumerate(mat):
+        for j, v in enumerate(row):
+            text = "—" if v is None else f"{v:.2f}" if v < 100 else f"{v:.3g}"
+            if logits is not None:
+                text += f"\n{logits[i][j]:+.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if v is not None and v > bright else "white")
+
+
 def plot_attention(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None,
                    epoch: int | None = None, max_panels: int = 4) -> Path:
-    """Heatmaps of the learned student×teacher layer attention; returns the written file.
+    """SemCKD's student×teacher layer attention next to what it weights; returns the written file.
 
-    One panel per chosen epoch (``epoch=None``: first, a few middle ones, last), all on one 0..1
-    colour scale so panels are comparable. Default output: ``RUN_DIR/attention.png``.
+    One row per chosen epoch (``epoch=None``: first, a few middle ones, last): the mean α (with the mean
+    logit ⟨q, k⟩ under it, for learned attention) beside the mean projected MSE of each pair. α panels
+    share one 0..1 scale; the range a learned weight can take (``attention_box``) is marked on its
+    colour bar, so an attention pinned at a corner is visible. The title says which split the means
+    were taken on. Default output: ``RUN_DIR/attention.png``.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -99,29 +126,58 @@ def plot_attention(run_dir: str | os.PathLike, out_path: str | os.PathLike | Non
         chosen = [epoch]
     else:
         chosen = pick_epochs(sorted(by_epoch), max_panels)
+    last = by_epoch[chosen[-1]][1]
+    has_mse = any(isinstance(by_epoch[e][1].get("pair_mse"), list) for e in chosen)
     s_dim, t_dim = len(by_epoch[chosen[0]][0]), len(by_epoch[chosen[0]][0][0])
-    panel_w = max(2.4, 0.55 * t_dim + 1.2)
-    panel_h = max(2.2, 0.45 * s_dim + 1.0)
-    fig = _figure(figsize=(panel_w * len(chosen) + 1.0, panel_h + 0.6))
-    axes = fig.subplots(1, len(chosen), squeeze=False)[0]
-    image = None
-    for ax, e in zip(axes, chosen, strict=True):
+    panel_w = max(2.6, 0.6 * t_dim + 1.2)
+    panel_h = max(2.2, 0.5 * s_dim + 1.0)
+    cols = 2 if has_mse else 1
+    fig = _figure(figsize=(panel_w * cols + 2.0, panel_h * len(chosen) + 0.9), layout="constrained")
+    axes = fig.subplots(len(chosen), cols, squeeze=False)
+    mses = [v for e in chosen for row in (by_epoch[e][1].get("pair_mse") or []) for v in row
+            if isinstance(v, (int, float))]
+    mse_max = max(mses) if mses else 1.0
+    image = mse_image = None
+    for r, e in enumerate(chosen):
         mat, extras = by_epoch[e]
+        t_labels = _layer_labels(extras, "teacher_layers", len(mat[0]), "t")
+        s_labels = _layer_labels(extras, "student_layers", len(mat), "s")
+        logits = extras.get("attention_logit") if isinstance(extras.get("attention_logit"), list) else None
+        ax = axes[r][0]
         image = ax.imshow(mat, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-        ax.set_title(f"epoch {e}")
-        ax.set_xticks(range(len(mat[0])), _layer_labels(extras, "teacher_layers", len(mat[0]), "t"),
-                      rotation=45, ha="right")
-        ax.set_yticks(range(len(mat)), _layer_labels(extras, "student_layers", len(mat), "s"))
-        ax.set_xlabel("teacher layer")
-        if len(mat) * len(mat[0]) <= 64:
-            for i, row in enumerate(mat):
-                for j, v in enumerate(row):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if v > 0.6 else "white")
-    axes[0].set_ylabel("student layer")
+        mode = extras.get("attention_mode", "learned")
+        ax.set_title(f"epoch {e}: α ({mode})" + (", logit below" if logits else ""), fontsize=9)
+        _annotate(ax, mat, logits, 0.6)
+        panels = [ax]
+        if has_mse:
+            mse = extras.get("pair_mse") or [[None] * len(mat[0]) for _ in mat]
+            grid = [[float("nan") if v is None else float(v) for v in row] for row in mse]
+            ax2 = axes[r][1]
+            mse_image = ax2.imshow(grid, vmin=0.0, vmax=mse_max, cmap="magma", aspect="auto")
+            ax2.set_title(f"epoch {e}: projected MSE", fontsize=9)
+            _annotate(ax2, mse, None, 0.6 * mse_max)
+            panels.append(ax2)
+        for a in panels:
+            a.set_xticks(range(len(mat[0])), t_labels, rotation=45, ha="right")
+            a.set_yticks(range(len(mat)), s_labels)
+        ax.set_ylabel("student layer")
+        if r == len(chosen) - 1:
+            for a in panels:
+                a.set_xlabel("teacher layer")
     assert image is not None
-    fig.colorbar(image, ax=list(axes), fraction=0.046 / max(1, len(chosen)) + 0.02, label="attention α")
-    fig.suptitle(f"{run_dir.name}: learned layer attention (test-set mean)", fontsize=10)
+    bar = fig.colorbar(image, ax=[row[0] for row in axes], label="attention α", shrink=0.9)
+    box = last.get("attention_box")
+    if last.get("attention_mode", "learned") == "learned" and isinstance(box, list) and len(box) == 2:
+        for v in box:
+            bar.ax.axhline(float(v), color="red", linewidth=1.5)
+        bar.ax.set_title(f"range\n{box[0]:.2f}–\n{box[1]:.2f}", fontsize=7, color="red")
+    if mse_image is not None:
+        fig.colorbar(mse_image, ax=[row[1] for row in axes], label="projected MSE", shrink=0.9)
+    pinned = attention_pinned(last)
+    title = f"{run_dir.name}: layer attention, {_split_label(run_dir, last)}"
+    if pinned:
+        title += "\npinned at a corner of its range (red lines): it no longer depends on the input"
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out_path if out_path is not None else run_dir / "attention.png")
 
 

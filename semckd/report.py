@@ -38,6 +38,7 @@ from typing import Any
 
 from .atomic import atomic_path, write_text_atomic  # noqa: F401  (re-exported)
 from .defaults import BASELINE_METHOD, DEFAULT_METHOD, REPORT_FIRST
+from .diagnostics import attention_pinned
 from .errors import UserError
 from .runfolder import (
     METRICS,
@@ -80,6 +81,7 @@ class RunInfo:
     # every other setting that changes what is trained (epochs, data size, lr, teacher file...): runs are
     # seeds of one experiment only when these agree too
     setting: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()  # e.g. the last epoch's learned attention pinned at a corner
 
 
 def _teacher_name(value: Any, run_dir: Path) -> str:
@@ -186,11 +188,13 @@ def load_run(run_dir: str | os.PathLike) -> RunInfo:
     label = method_label(str(method), margs) if str(method) != BASELINE_METHOD else BASELINE_METHOD
     setting = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in cfg.items()
                            if k not in _NOT_SETTING)) if cfg else ()
+    pinned = attention_pinned(records[-1].extras) if records else None
+    notes = tuple(summary.notes or ()) or ((pinned,) if pinned else ())
     return RunInfo(path=d, name=d.name, dataset=str(dataset), teacher=_teacher_name(teacher_raw, d),
                    student=str(student), method=label,
                    seed=int(seed) if _num(seed) is not None else None,  # type: ignore[arg-type]
                    final_acc=final, best_acc=best, wall_time_s=wall, epochs=epochs, kind=kind,
-                   best_val_acc=best_val, setting=setting)
+                   best_val_acc=best_val, setting=setting, notes=notes)
 
 
 def _is_run(d: Path) -> bool:
@@ -400,4 +404,7 @@ def build_report(run_dirs: Iterable[str | os.PathLike], metric: str = "best",
     if ari:
         lines += ["", f"| method | ARI vs {ari_ref} (%) | pairs |", "|---|---:|---:|"]
         lines += [f"| {m} | {v:.1f} | {k} |" for m, (v, k) in ari.items()]
+    noted = [r for r in runs if r.notes]
+    if noted:
+        lines += ["", "Notes:"] + [f"- {r.path}: {n}" for r in noted for n in r.notes]
     return "\n".join(lines) + "\n"

@@ -202,6 +202,7 @@ class RunSummary:
     channels_last: bool | None = None
     train_time_s: float | None = None
     ddp_param_max_abs_diff: float | None = None
+    notes: list[str] | None = None  # what a reader should know, e.g. an attention pinned at a corner
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

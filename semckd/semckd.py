@@ -23,6 +23,7 @@ square of the student's/teacher's height only.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -32,9 +33,12 @@ from torch import nn
 
 from .precision import emulation_active, suspend_emulation
 
-__all__ = ["MODES", "MLPEmbed", "OfficialLayoutMixin", "SemCKD", "make_projector", "pair_size"]
+__all__ = ["ATTENTIONS", "MODES", "MLPEmbed", "OfficialLayoutMixin", "SemCKD", "make_projector",
+           "one_to_one_pairs", "pair_size"]
 
 MODES = ("faithful", "batch_free")
+# "learned" is the paper; "uniform" and "one_to_one" are ablations (fixed weights, everything else equal)
+ATTENTIONS = ("learned", "uniform", "one_to_one")
 # adaptive-pool grid of the batch_free descriptor: keeps coarse spatial layout, any input size works
 _FREE_GRID = (2, 2)
 # fuse="auto": below this mean 3×3-conv work per pair and sample (multiply-adds) the projectors are
@@ -81,6 +85,24 @@ def make_projector(c_in: int, c_out: int) -> nn.Sequential:
 def pair_size(s_hw: Sequence[int], t_hw: Sequence[int]) -> tuple[int, int]:
     """Spatial size a (student, teacher) pair is compared at: the smaller map, per dimension."""
     return min(int(s_hw[0]), int(t_hw[0])), min(int(s_hw[1]), int(t_hw[1]))
+
+
+def one_to_one_pairs(num_student: int, num_teacher: int) -> list[int]:
+    """The teacher layer each student layer is pinned to by ``attention="one_to_one"``: by relative depth,
+    ``floor(s·(T−1)/(S−1) + 1/2)`` — the i-th stage to the i-th when S = T, first to first and last to
+    last otherwise (the pairing a FitNet-style user writes by hand); one student layer takes the last
+    teacher layer."""
+    if num_student == 1:
+        return [num_teacher - 1]
+    return [math.floor(s * (num_teacher - 1) / (num_student - 1) + 0.5) for s in range(num_student)]
+
+
+def softmax_box(num_teacher: int, temperature: float = 1.0) -> tuple[float, float]:
+    """The range ``[lo, hi]`` a learned weight can take: logits are cosines in [−1, 1], divided by the
+    temperature, so a weight is largest with its logit at +1 and the rest at −1, and smallest the other
+    way round."""
+    e = math.exp(2.0 / temperature)
+    return 1.0 / (1.0 + (num_teacher - 1) * e), e / (e + num_teacher - 1)
 
 
 def autocast_enabled(device_type: str) -> bool:
@@ -238,6 +260,13 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
       batch), works at any batch size, and its MLP size scales with channels instead of batch size.
       Its numbers are not the paper's; use faithful mode to reproduce the paper.
 
+    Attention (``attention=``; ``"learned"`` is the paper, the others are ablations that keep every
+    module, initialisation and the loss formula and change only α): ``"uniform"`` fixes α = 1/T for
+    every pair; ``"one_to_one"`` weights each student layer 1 on one teacher layer
+    (:func:`one_to_one_pairs`, by relative depth) and 0 elsewhere, so only those S projectors train.
+    ``temperature`` divides the logits before the softmax (the authors' later SimKD code, ``--soft``;
+    1 = the paper); the learned weights then range over :func:`softmax_box`.
+
     Speed: the hot path is the S·T projectors, i.e. convolutions, so exact fp32 gains on big maps are
     small. The student map is pooled once per distinct target size and the teacher once per size; the
     attention MLPs of all layers run as one batched matmul; the loss is one batched weighting of the
@@ -264,9 +293,14 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int = 64,
                  factor: int = 4, mode: str = "faithful", *, fuse: bool | str = "auto",
-                 channels_last: bool | None = None, torch_compile: bool | str = False) -> None:
+                 channels_last: bool | None = None, torch_compile: bool | str = False,
+                 attention: str = "learned", temperature: float = 1.0) -> None:
         super().__init__()
         _check_sizes(student_channels, teacher_channels, batch_size, factor, mode)
+        if attention not in ATTENTIONS:
+            raise ValueError(f"SemCKD attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"SemCKD attention temperature must be a finite number > 0, got {temperature!r}")
         self.student_channels = [int(c) for c in student_channels]
         self.teacher_channels = [int(c) for c in teacher_channels]
         self.num_student, self.num_teacher = len(self.student_channels), len(self.teacher_channels)
@@ -294,10 +328,32 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         self.projectors = nn.ModuleList(
             nn.ModuleList(make_projector(cs, ct) for ct in self.teacher_channels)
             for cs in self.student_channels)
+        self.attention_mode, self.temperature = attention, float(temperature)
+        # the pairs whose projected MSE is computed; one_to_one drops the others (weight 0)
+        self.active_pairs = [(s, t) for s in range(self.num_student) for t in range(self.num_teacher)]
+        if attention != "learned":
+            # every module is still built (same parameters, same initialisation, so a paired run differs
+            # only in α); the ones that cannot receive gradient are frozen so DDP and the optimiser skip them
+            fixed = torch.full((self.num_student, self.num_teacher), 1.0 / self.num_teacher)
+            if attention == "one_to_one":
+                pairs = one_to_one_pairs(self.num_student, self.num_teacher)
+                fixed = torch.zeros_like(fixed)
+                fixed[range(self.num_student), pairs] = 1.0
+                self.active_pairs = list(enumerate(pairs))
+                for s in range(self.num_student):
+                    for t in range(self.num_teacher):
+                        if (s, t) not in self.active_pairs:
+                            self.projectors[s][t].requires_grad_(False)
+            self.query.requires_grad_(False)
+            self.key.requires_grad_(False)
+            self.register_buffer("fixed_attention", fixed, persistent=False)
 
     def extra_repr(self) -> str:
+        extra = "" if self.attention_mode == "learned" else f", attention={self.attention_mode!r}"
+        if self.temperature != 1.0:
+            extra += f", temperature={self.temperature:g}"
         return (f"student_channels={self.student_channels}, teacher_channels={self.teacher_channels}, "
-                f"batch_size={self.batch_size}, factor={self.factor}, mode={self.mode!r}")
+                f"batch_size={self.batch_size}, factor={self.factor}, mode={self.mode!r}{extra}")
 
     # ------------------------------------------------------------------ input checks
     def _prepare(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
@@ -350,12 +406,40 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
             outs.append(F.normalize(F.linear(h, m.linear2.weight.to(dtype), m.linear2.bias.to(dtype)), dim=1))
         return torch.stack(outs, dim=1)
 
-    def _attention(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
+    def _logits(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
+        """⟨q_s, k_t⟩ (B, S, T): cosines, as query and key are unit vectors."""
         dtype = self._work_dtype()
         with no_autocast(fs[0].device.type):
             q = self._embed(self.query, self._descriptors(fs, dtype), dtype)  # (B, S, d)
             k = self._embed(self.key, self._descriptors(ft, dtype), dtype)  # (B, T, d)
-            return torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1)
+            return torch.bmm(q, k.transpose(1, 2))
+
+    def _attention(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
+        if self.attention_mode != "learned":
+            fixed = self.fixed_attention.to(self._work_dtype())
+            return fixed.unsqueeze(0).expand(fs[0].shape[0], -1, -1)
+        logits = self._logits(fs, ft)
+        with no_autocast(fs[0].device.type):
+            if self.temperature != 1.0:  # the authors' later code (SimKD's --soft): energy / soft
+                logits = logits / self.temperature
+            return logits.softmax(dim=-1)
+
+    @torch.no_grad()
+    def diagnose(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
+                 ) -> dict[str, torch.Tensor]:
+        """Per-sample α, projected MSE and (learned attention only) logits, each (B, S, T), without
+        gradient: what the method weights next to what it weights. MSE of a pair one_to_one leaves out
+        is NaN (its projector is never trained)."""
+        fs, ft = self._prepare(student_feats, teacher_feats)
+        out = {"attention": self._attention(fs, ft), "pair_mse": self._pair_losses(fs, ft)}
+        if len(self.active_pairs) < self.num_student * self.num_teacher:
+            mask = torch.ones_like(out["pair_mse"], dtype=torch.bool)
+            for s, t in self.active_pairs:
+                mask[:, s, t] = False
+            out["pair_mse"] = out["pair_mse"].masked_fill(mask, float("nan"))
+        if self.attention_mode == "learned":
+            out["logits"] = self._logits(fs, ft)
+        return out
 
     def attention(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
                   ) -> torch.Tensor:
@@ -370,8 +454,7 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         return device.type == "cpu" or autocast_enabled(device.type)
 
     def _sizes(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> _PairSizes:
-        return {(s, t): pair_size(fs[s].shape[-2:], ft[t].shape[-2:])
-                for s in range(self.num_student) for t in range(self.num_teacher)}
+        return {(s, t): pair_size(fs[s].shape[-2:], ft[t].shape[-2:]) for s, t in self.active_pairs}
 
     def _auto_fuse(self, sizes: _PairSizes) -> bool:
         """Fuse when pairs are small: mean 3×3-conv work per pair and sample below ``_FUSE_MAX_MACS``."""
@@ -427,7 +510,9 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
                     h = layer(h)
                 cols[(s, t)] = self._sample_mse(h, target, dtype)
             del target
-        order = [cols[(s, t)] for s in range(self.num_student) for t in range(self.num_teacher)]
+        zero = None if len(cols) == self.num_student * self.num_teacher else \
+            torch.zeros_like(next(iter(cols.values())))
+        order = [cols.get((s, t), zero) for s in range(self.num_student) for t in range(self.num_teacher)]
         return torch.stack(order, dim=1).view(-1, self.num_student, self.num_teacher)
 
     def _fused_bn(self, x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tensor:
@@ -496,7 +581,7 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
     def _pair_losses(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
         sizes = self._sizes(fs, ft)
         fuse = self._auto_fuse(sizes) if self.fuse == "auto" else self.fuse
-        if fuse:
+        if fuse and len(sizes) == self.num_student * self.num_teacher:  # the fused path needs every pair
             return self._pair_losses_fused(fs, ft, sizes)
         return self._pair_losses_loop(fs, ft, sizes)
 

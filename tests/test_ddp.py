@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow  # two torchrun processes (~15-20 s on 2 busy cores)
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_torchrun_two_processes_faithful_semckd(tmp_path):
+# one_to_one: frozen MLPs and projectors, which DDP must neither reduce nor wait for
+@pytest.mark.parametrize("method_args", [[], ["--method-args", "attention=one_to_one"]])
+def test_torchrun_two_processes_faithful_semckd(tmp_path, method_args):
     method = "semckd"  # no fallback: a missing or broken method must fail this test, not pass as KD
     data = make_fashion_mnist(tmp_path / "data", n_train=256, n_test=100)
     torch.manual_seed(0)
@@ -34,7 +36,7 @@ def test_torchrun_two_processes_faithful_semckd(tmp_path):
            "-m", "semckd.cli", "distill", "--dataset", "fashion_mnist", "--data-dir", str(data),
            "--teacher", str(teacher), "--model", "resnet8", "--method", method, "--epochs", "1",
            "--batch-size", "64", "--limit-train", "200", "--device", "cpu", "--no-tensorboard",
-           "--out", str(out)]
+           "--out", str(out), *method_args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -52,6 +54,8 @@ def test_torchrun_two_processes_faithful_semckd(tmp_path):
     att = m["extras"]["attention"]
     assert len(att) == 3 and all(len(r) == 3 for r in att)  # resnet8: 3 stages after the stem
     assert all(abs(sum(r) - 1) < 1e-4 for r in att)
+    if method_args:
+        assert att == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["config"]["batch_size"] == 64
     # the logged accuracy is over the whole test set (correct counts summed across the two shards)

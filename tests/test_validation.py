@@ -272,6 +272,44 @@ def test_protocol_pairs_study_rows_within_a_method():
     assert "vanilla, amp=bf16 − vanilla, amp=none" in paired[1]
 
 
+def test_protocol_row_tables_tune_on_validation_and_pair_ablations():
+    """Row tables (attention ablation, cross-architecture): untuned rows get 3 seeds, tuned rows are
+    selected on seed-0 validation only, a row spelling a default shares the paper row's cells, per-pair
+    settings reach the config, and the ablation rows are paired by seed with learned SemCKD."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import protocol
+
+    table = protocol.TABLES["attention"]
+    learned, uniform, _, tuned = table["rows"]
+    assert protocol.row_points(learned) == ([{}], False)
+    points, is_tuned = protocol.row_points(tuned)
+    assert is_tuned and {} in points  # τ = 1 is the paper's cell
+    cfg = protocol._config(table, "semckd", {"attention": "uniform"}, 2, Path("/x"))
+    assert cfg.method_args == {"beta": 100.0, "attention": "uniform"} and cfg.model == "resnet8"
+    assert protocol.row_plan([], tuned) == [(p, 0) for p in points]  # tuning first
+    recs = [{"method": "semckd", "values": v, "seed": s, "best_val_acc": 80.0 + s,
+             "best_acc": 70.0 + s + d, "train_time_s": 1.0}
+            for v, d in (({}, 0.0), ({"attention": "uniform"}, 0.5), ({"attention": "one_to_one"}, -1.0))
+            for s in (0, 1, 2)]
+    # τ = 0.25 has the best validation (but the worst test) accuracy: it must be the selection
+    recs += [{"method": "semckd", "values": {"attention_temperature": t}, "seed": 0, "best_val_acc": v,
+              "best_acc": a, "train_time_s": 1.0} for t, v, a in ((0.25, 90.0, 10.0), (4.0, 70.0, 99.0))]
+    assert protocol.row_selected(recs, tuned) == {"attention_temperature": 0.25}
+    assert protocol.row_plan(recs, tuned)[-2:] == [({"attention_temperature": 0.25}, 1),
+                                                   ({"attention_temperature": 0.25}, 2)]
+    text = protocol.table_md("attention", recs, table)
+    assert "| semckd uniform | — | — | 3/3 |" in text
+    paired = [x for x in text.splitlines() if x.startswith("Paired")]
+    assert "semckd uniform − semckd learned (paper): seed 0: +0.50" in paired[0]
+    assert "seed 0: -1.00" in paired[1]
+    cross = protocol.TABLES["cross_wrn_40_2_mobilenetv2"]
+    ccfg = protocol._config(cross, "semckd", {"attention": "one_to_one", "beta": 25.0}, 0, Path("/x"))
+    assert ccfg.model == "mobilenetv2" and ccfg.lr == 0.01
+    assert ccfg.teacher.endswith("fashion_mnist_wrn_40_2.pt")
+    grids = [protocol.row_points(r)[0] for r in cross["rows"]]
+    assert all(len(g) == 3 for g in grids[1:])  # the same budget for every tuned row
+
+
 def test_protocol_claims_keep_workers_apart(tmp_path):
     """A live worker's claim holds a cell; a dead worker's claim (session ended) is taken over."""
     sys.path.insert(0, str(ROOT / "benchmarks"))

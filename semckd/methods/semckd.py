@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..semckd import MODES, SemCKD
+from ..semckd import ATTENTIONS, MODES, SemCKD, softmax_box
 from .base import BuildContext, Distiller, Outputs
 from .registry import register_method
 
@@ -36,6 +36,13 @@ class SemCKDDistiller(Distiller):
     buffer (only when the ramp is on), so a resumed run continues it. ``torch_compile=true`` (opt-in)
     compiles the criterion: 1.07-1.26x faster per step on CPU once compiled, but compiling takes 1-3
     minutes, which only long runs repay (BENCHMARKS.md §8.1); it falls back to eager if compiling fails.
+
+    Ablations and options, not the paper: ``attention=uniform|one_to_one`` replaces the learned α by a
+    fixed weighting (everything else unchanged; see :class:`semckd.semckd.SemCKD`), and
+    ``attention_temperature`` is the authors' later softmax temperature (SimKD's ``--soft``; 1 = the
+    paper). It is not ``temperature``, which every method already uses for its KD term (T = 4).
+    Each epoch's summary holds, per (student, teacher) pair, the mean α, the mean projected MSE and
+    (learned) the mean logit, taken on the validation split when the run has one.
     """
 
     name = "semckd"
@@ -49,10 +56,16 @@ class SemCKDDistiller(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  beta: float = 400.0, mode: str = "faithful", factor: int = 4, beta_warmup: int = 0,
-                 torch_compile: bool = False, ce_weight: float = 1.0, kd_weight: float = 1.0,
-                 temperature: float = 4.0, **kw: Any) -> None:
+                 torch_compile: bool = False, attention: str = "learned", attention_temperature: float = 1.0,
+                 ce_weight: float = 1.0, kd_weight: float = 1.0, temperature: float = 4.0, **kw: Any) -> None:
         if mode not in MODES:
             raise ValueError(f"semckd mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"semckd attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+        if (isinstance(attention_temperature, bool) or not isinstance(attention_temperature, (int, float))
+                or not attention_temperature > 0 or attention_temperature == float("inf")):
+            raise ValueError(f"semckd attention_temperature must be a number > 0 (e.g. 0.5), "
+                             f"got {attention_temperature!r}")
         if int(beta_warmup) != beta_warmup or beta_warmup < 0:
             raise ValueError(f"semckd beta_warmup must be a whole number of epochs >= 0, got {beta_warmup!r}")
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight,
@@ -72,9 +85,9 @@ class SemCKDDistiller(Distiller):
                     raise ValueError(f"semckd needs 4-D {side} feature maps, got shape {tuple(f.shape)}; "
                                      f"pass {side}_layers=[...] naming convolutional stages")
         self.semckd = SemCKD([f.shape[1] for f in fs], [f.shape[1] for f in ft], batch_size=ctx.batch_size,
-                             factor=factor, mode=mode, torch_compile=bool(torch_compile)
-                             ).to(ctx.example_input.device)
-        self._att_sum: torch.Tensor | None = None
+                             factor=factor, mode=mode, torch_compile=bool(torch_compile), attention=attention,
+                             temperature=float(attention_temperature)).to(ctx.example_input.device)
+        self._sums: dict[str, torch.Tensor] = {}
         self._att_n = 0
         self.beta_warmup = int(beta_warmup)
         if self.beta_warmup:
@@ -103,22 +116,34 @@ class SemCKDDistiller(Distiller):
     # ------------------------------------------------------------------ attention logging
     @torch.no_grad()
     def observe(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        """Accumulate the mean attention over test batches (batches faithful mode cannot take are skipped)."""
+        """Accumulate α, projected MSE and logits over evaluation batches (batches faithful mode cannot
+        take are skipped)."""
         if self.mode == "faithful" and images.shape[0] != self.semckd.batch_size:
             return
         s = self.student_forward(images)
         t = self.teacher_forward(images)
         assert t is not None
-        att = self.semckd.attention(*self.layers(s, t))  # (B, S, T), float32
-        dtype = torch.float32 if att.device.type == "mps" else torch.float64
-        batch_sum = att.sum(dim=0).to(dtype)
-        self._att_sum = batch_sum if self._att_sum is None else self._att_sum + batch_sum
-        self._att_n += att.shape[0]
+        diag = self.semckd.diagnose(*self.layers(s, t))  # each (B, S, T)
+        dtype = torch.float32 if images.device.type == "mps" else torch.float64
+        for key, value in diag.items():
+            batch_sum = value.float().sum(dim=0).to(dtype)
+            self._sums[key] = batch_sum if key not in self._sums else self._sums[key] + batch_sum
+        self._att_n += images.shape[0]
 
     def pop_summary(self) -> dict[str, Any]:
-        """``{"attention": S×T mean α}`` over the batches observed since the last call (``{}`` if none)."""
-        if self._att_sum is None or self._att_n == 0:
+        """Per (student, teacher) pair, over the batches observed since the last call: ``attention``
+        (mean α), ``pair_mse`` (mean projected MSE; None for pairs one_to_one leaves out) and, for learned
+        attention, ``attention_logit`` (mean ⟨q, k⟩); with the mode, temperature and the range
+        ``attention_box`` a learned weight can take. ``{}`` if nothing was observed."""
+        if not self._sums or self._att_n == 0:
             return {}
-        mean = (self._att_sum / self._att_n).tolist()
-        self._att_sum, self._att_n = None, 0
-        return {"attention": mean}
+        means = {k: (v / self._att_n).tolist() for k, v in self._sums.items()}
+        self._sums, self._att_n = {}, 0
+        out: dict[str, Any] = {"attention": means["attention"]}
+        out["pair_mse"] = [[None if v != v else v for v in row] for row in means["pair_mse"]]
+        if "logits" in means:
+            out["attention_logit"] = means["logits"]
+        out["attention_mode"] = self.semckd.attention_mode
+        out["attention_temperature"] = self.semckd.temperature
+        out["attention_box"] = list(softmax_box(self.semckd.num_teacher, self.semckd.temperature))
+        return out
