@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished `semckd train-teacher` run folder")
     p.add_argument("--name", default=TEACHER_NAME)
+    p.add_argument("--half", action="store_true",
+                   help="store floating-point weights as float16 (half the file; they load into float32 "
+                        "models unchanged in shape, and the recorded accuracy is the shipped file's)")
     p.add_argument("--command", default="python3 -m semckd train-teacher --config "
                    "configs/fashion_mnist/teacher_resnet20.yaml --epochs 8 --milestones 5 6 7 --seed 0 "
                    "--out runs/fashion_mnist/teacher_resnet20",
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ck = load_checkpoint(run / "best.pt")
     slim = {k: ck[k] for k in KEEP if k in ck}
     slim["config"] = dict(slim.get("config") or {}, out="", data_dir="data")  # no local paths
-    slim["student"] = {k: v.detach().clone() for k, v in ck["student"].items()}
+    slim["student"] = {k: (v.detach().half() if args.half and v.is_floating_point() else v.detach()).clone()
+                       for k, v in ck["student"].items()}
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     pt = WEIGHTS_DIR / f"{args.name}.pt"
     atomic_save(slim, pt)
@@ -58,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         "in_channels": ck["in_channels"], "epoch": ck["epoch"], "test_acc": round(res["test_acc"], 2),
         "test_top5": round(res.get("test_top5", float("nan")), 2), "test_n": res["test_n"],
         "sha256": file_sha256(pt), "bytes": pt.stat().st_size,
-        "command": args.command + f" && python3 scripts/ship_teacher.py {args.run_dir}",
+        "weights_dtype": "float16" if args.half else "float32",
+        "command": args.command + f" && python3 scripts/ship_teacher.py {args.run_dir} --name {args.name}"
+                   + (" --half" if args.half else ""),
         "train_time_s": round(float(summary.get("train_time_s", summary.get("wall_time_s", 0.0))), 1),
         "trained_with": {"torch": torch.__version__, "python": platform.python_version(),
                          "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads",

@@ -37,6 +37,29 @@ def test_shipped_teacher_matches_its_record():
         assert teacher.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("model", ["wrn_40_2", "vgg13"])
+def test_cross_architecture_teachers_match_their_records(model):
+    """The teachers of the cross-architecture tables: hash, architecture and card as recorded; float16
+    weights load into the float32 model and give the same predictions as upcast by hand."""
+    from semckd.checkpoint import load_teacher
+
+    path = demo.WEIGHTS_DIR / f"fashion_mnist_{model}.pt"
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert file_sha256(path) == record["sha256"] and path.stat().st_size == record["bytes"]
+    assert record["weights_dtype"] == "float16" and path.stat().st_size < 20 * 2**20
+    assert record["model"] == model and record["epoch"] == 8 and 90.0 < record["test_acc"] < 100.0
+    assert "semckd train-teacher" in record["command"] and f"--model {model}" in record["command"]
+    teacher, meta = load_teacher(path, arch=None, num_classes=10, in_channels=1, dataset="fashion_mnist")
+    assert meta["model"] == model
+    raw = torch.load(path, weights_only=True)["student"]
+    assert all(v.dtype == torch.float16 for v in raw.values() if v.is_floating_point())
+    assert all(p.dtype == torch.float32 for p in teacher.parameters())
+    sd = teacher.state_dict()
+    assert all(torch.equal(sd[k], v.to(sd[k].dtype)) for k, v in raw.items())
+    with torch.no_grad():
+        assert teacher.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_corrupt_shipped_teacher_is_refused(tmp_path, monkeypatch, fmnist, capsys):
     path, record = demo.shipped_teacher()
     fake = tmp_path / "weights"
