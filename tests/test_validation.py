@@ -367,7 +367,8 @@ def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, mon
     assert not any(claims.iterdir())  # every claim released
 
 
-@pytest.mark.parametrize("name", ["short", "large", "warmup", "bf16"])
+@pytest.mark.parametrize("name", ["short", "large", "warmup", "bf16", "attention",
+                                  "cross_wrn_40_2_mobilenetv2"])
 def test_committed_tables_are_what_their_results_give(name):
     """The tables in benchmarks/results are regenerated from the recorded runs, never edited by hand."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -395,3 +396,16 @@ def test_readme_headline_numbers_come_from_the_protocol_tables():
         md = (ROOT / "benchmarks" / "results" / f"fmnist_{name}.md").read_text()
         test_cells = {line.split("|")[6].strip() for line in md.splitlines()[2:] if line.startswith("| ")}
         assert set(cells) <= test_cells, (name, set(cells) - test_cells)
+
+
+def test_readme_attention_numbers_come_from_the_ablation_table():
+    """The README's "what the learned attention is worth" figures are cells of the recorded study."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    para = readme[readme.index("**What the learned attention is worth"):readme.index("## Contents")]
+    md = (ROOT / "benchmarks" / "results" / "fmnist_attention.md").read_text()
+    found = re.findall(r"\d+\.\d\d ± \d+\.\d\d", para)
+    assert len(found) >= 4
+    for cell in found:
+        assert cell in md or cell.replace("+", "") in md, cell
