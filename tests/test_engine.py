@@ -129,7 +129,8 @@ def test_hooks_fixed_batch_and_extras(data_dir, tmp_path, capsys):
     assert set(d.train_batches) == {32} and len(d.train_batches) == 2 * 6
     lines = [json.loads(x) for x in (tmp_path / "h" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["train_images"] == 192
-    assert lines[0]["extras"] == {"observed": [32, 32, 32]}  # observe() sees only full batches
+    # observe() sees only full batches; the engine records which split they came from (no val split here)
+    assert lines[0]["extras"] == {"observed": [32, 32, 32], "observed_on": "test"}
     assert "train_probe" in lines[0] and "train_ce" in lines[0]
     ck = torch.load(tmp_path / "h" / "last.pt", weights_only=True)
     assert set(ck["extras"]) == {"proj.weight", "proj.bias", "bank"} and ck["extras"]["bank"].abs().sum() > 0
