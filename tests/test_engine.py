@@ -139,7 +139,7 @@ def test_hooks_fixed_batch_and_extras(data_dir, tmp_path, capsys):
     t = run(cfg(data_dir, tmp_path / "h2", limit_train=200, eval_batch_size=50, method_args={"fixed": True}))
     assert "summarises test batches of 32 only" in capsys.readouterr().err
     line = json.loads((tmp_path / "h2" / "metrics.jsonl").read_text())
-    assert line["extras"] == {"observed": []} and line["train_images"] == 192
+    assert line["extras"] == {"observed": [], "observed_on": "test"} and line["train_images"] == 192
 
 
 def test_undeclared_fixed_batch_size_still_trains_with_a_warning(data_dir, tmp_path, monkeypatch, capsys):
