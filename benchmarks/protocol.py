@@ -156,7 +156,7 @@ def grid_for(table: dict[str, Any], method: str) -> dict[str, list[Any]]:
     key, paper, _ = METHODS[method]
     if key is None:
         return {}
-    return {key: [float(f"{paper * f:.6g}") for f in table["factors"]]}
+    return {key: _grid(paper, table["factors"])}
 
 
 def machine() -> dict[str, Any]:
@@ -380,17 +380,12 @@ def rows_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any]) -> str
     for label, accs in by_row.items():
         if label == base_label or not base:
             continue
-        d = [(s, accs[s] - base[s]) for s in sorted(accs) if s in base]
-        if d:
-            diffs.append(f"Paired test difference, {label} − {base_label}: "
-                         + ", ".join(f"seed {s}: {x:+.2f}" for s, x in d)
-                         + f" (mean {_ms([x for _, x in d])})")
+        line = paired_line(label, accs, base_label, base)
+        if line:
+            diffs.append(line)
     if diffs:
         lines += [""] + diffs
-    kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("threads"), r.get("commit"))
-                    for r in recs}, key=str)
-    lines += ["", "Machines (cpu, native bf16, precision, torch threads, commit): "
-              + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {t} / {k}" for c, b, a, t, k in kinds)]
+    lines += ["", machines_line(recs)]
     return "\n".join(lines) + "\n"
 
 
@@ -441,11 +436,25 @@ def table_md(name: str, recs: list[dict[str, Any]], table: dict[str, Any] | None
                      f"{per_seed} | {ari} | {f'{statistics.fmean(t):.0f} s' if t else '—'} |")
     if table.get("study"):
         lines += paired_lines(rows)
+    lines += ["", machines_line(recs)]
+    return "\n".join(lines) + "\n"
+
+
+def machines_line(recs: list[dict[str, Any]]) -> str:
+    """Every (cpu, native bf16, precision, threads, commit) the table's runs were made on."""
     kinds = sorted({(r.get("cpu"), r.get("cpu_bf16"), r.get("amp"), r.get("threads"), r.get("commit"))
                     for r in recs}, key=str)
-    lines += ["", "Machines (cpu, native bf16, precision, torch threads, commit): "
-              + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {t} / {k}" for c, b, a, t, k in kinds)]
-    return "\n".join(lines) + "\n"
+    return ("Machines (cpu, native bf16, precision, torch threads, commit): "
+            + "; ".join(f"{c} / {'bf16' if b else 'no bf16'} / {a} / {t} / {k}" for c, b, a, t, k in kinds))
+
+
+def paired_line(label: str, accs: dict[int, float], base_label: str, base: dict[int, float]) -> str | None:
+    """``label − base_label`` test accuracy per shared seed, with the mean; None when no seed is shared."""
+    d = [(s, accs[s] - base[s]) for s in sorted(accs) if s in base]
+    if not d:
+        return None
+    return (f"Paired test difference, {label} − {base_label}: "
+            + ", ".join(f"seed {s}: {x:+.2f}" for s, x in d) + f" (mean {_ms([x for _, x in d])})")
 
 
 def paired_lines(rows: list[tuple[str, str, str, list[dict[str, Any]]]]) -> list[str]:
@@ -463,11 +472,9 @@ def paired_lines(rows: list[tuple[str, str, str, list[dict[str, Any]]]]) -> list
             first[method] = (label, accs)
             continue
         base_label, base = first[method]
-        d = [(s, accs[s] - base[s]) for s in sorted(accs) if s in base]
-        if d:
-            out.append(f"Paired test difference, {label} − {base_label}: "
-                       + ", ".join(f"seed {s}: {x:+.2f}" for s, x in d)
-                       + f" (mean {_ms([x for _, x in d])})")
+        line = paired_line(label, accs, base_label, base)
+        if line:
+            out.append(line)
     return out if len(out) > 1 else []
 
 
