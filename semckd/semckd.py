@@ -418,8 +418,10 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         if self.attention_mode != "learned":
             fixed = self.fixed_attention.to(self._work_dtype())
             return fixed.unsqueeze(0).expand(fs[0].shape[0], -1, -1)
-        logits = self._logits(fs, ft)
-        with no_autocast(fs[0].device.type):
+        return self._softmax(self._logits(fs, ft))
+
+    def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        with no_autocast(logits.device.type):
             if self.temperature != 1.0:  # the authors' later code (SimKD's --soft): energy / soft
                 logits = logits / self.temperature
             return logits.softmax(dim=-1)
@@ -431,14 +433,16 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         gradient: what the method weights next to what it weights. MSE of a pair one_to_one leaves out
         is NaN (its projector is never trained)."""
         fs, ft = self._prepare(student_feats, teacher_feats)
-        out = {"attention": self._attention(fs, ft), "pair_mse": self._pair_losses(fs, ft)}
+        logits = self._logits(fs, ft) if self.attention_mode == "learned" else None
+        attention = self._attention(fs, ft) if logits is None else self._softmax(logits)
+        out = {"attention": attention, "pair_mse": self._pair_losses(fs, ft)}
         if len(self.active_pairs) < self.num_student * self.num_teacher:
             mask = torch.ones_like(out["pair_mse"], dtype=torch.bool)
             for s, t in self.active_pairs:
                 mask[:, s, t] = False
             out["pair_mse"] = out["pair_mse"].masked_fill(mask, float("nan"))
-        if self.attention_mode == "learned":
-            out["logits"] = self._logits(fs, ft)
+        if logits is not None:
+            out["logits"] = logits
         return out
 
     def attention(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
