@@ -17,12 +17,7 @@ from semckd.semckd import SemCKD, one_to_one_pairs, softmax_box
 S_CH, T_CH, B = [4, 8], [6, 12, 12], 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the shared fixture in conftest.py
 
 
 def feats(seed: int = 0):
