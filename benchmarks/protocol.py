@@ -8,7 +8,7 @@ split, then 3 seeds at the chosen value; one command per table.
     python benchmarks/protocol.py --table attention        # SemCKD learned vs uniform vs one_to_one (short)
     python benchmarks/protocol.py --table attention_large  # the same at the large budget
     python benchmarks/protocol.py --table cross_wrn_40_2_mobilenetv2   # the paper's cross-architecture pairs
-    python benchmarks/protocol.py --table cross_vgg13_shufflenetv2
+    python benchmarks/protocol.py --table cross_vgg13_mobilenetv2
     python benchmarks/protocol.py --table short --report   # only print the table from what is recorded
 
 Protocol (the same for every method, so no method gets more tuning than another):
@@ -142,7 +142,7 @@ TABLES["attention"] = {"limit_train": 3000, "epochs": 6, "rows": ABLATION_ROWS,
 TABLES["attention_large"] = {"limit_train": 10000, "epochs": 12, "rows": ABLATION_ROWS,
                              "fixed": {"semckd": {"beta": 25.0}}, "paired_to": "semckd learned (paper)"}
 TABLES["cross_wrn_40_2_mobilenetv2"] = _cross("wrn_40_2", "mobilenetv2")
-TABLES["cross_vgg13_shufflenetv2"] = _cross("vgg13", "shufflenetv2")
+TABLES["cross_vgg13_mobilenetv2"] = _cross("vgg13", "mobilenetv2")
 
 # grid keys that are run settings, not method options
 RUN_KEYS = ("amp",)
