@@ -1,7 +1,7 @@
 """The Fashion-MNIST accuracy table: train one teacher, distil it with each method and seed, then report.
 
-    python benchmarks/accuracy_table.py                              # the full table (hours on a CPU)
-    python benchmarks/accuracy_table.py --methods vanilla,kd,semckd --seeds 0 --epochs 1 \\
+    python -m benchmarks accuracy_table                              # the full table (hours on a CPU)
+    python -m benchmarks accuracy_table --methods vanilla,kd,semckd --seeds 0 --epochs 1 \\
         --teacher-epochs 1 --limit-train 512 --out-dir runs/fmnist_smoke   # a smoke run (minutes)
 
 Every run goes through the public CLI (``python -m semckd train-teacher / distill / report``) with one
@@ -29,10 +29,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from semckd.config import scaled_milestones
 
-from semckd.config import scaled_milestones  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 # per-method options that differ from the library defaults (same choice as configs/)
 METHOD_ARGS: dict[str, list[str]] = {"kd": ["ce_weight=1", "kd_weight=1"]}
@@ -125,6 +124,3 @@ def main(argv: list[str] | None = None) -> int:
     _run(_semckd(["report", *map(str, runs), "--out", str(out / "table.md")]), args.dry_run)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

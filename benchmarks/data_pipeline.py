@@ -4,23 +4,19 @@ Times whole training epochs of both pipelines over the same uint8 Fashion-MNIST 
 by default) with the same augmentation (random crop with padding + horizontal flip + normalise), each
 batch ending on the training device. Only the data side is measured; no model runs.
 
-    PYTHONPATH=. python3 benchmarks/data_pipeline.py [--device cuda] [--batch-size 128] [--workers 2]
+    python3 -m benchmarks data_pipeline [--device cuda] [--batch-size 128] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: benchmarks/ and semckd/
-
-from benchmarks.baseline import baseline_loader  # noqa: E402
-from semckd.data import DeviceLoader, dataset_defaults, load_arrays  # noqa: E402
+from benchmarks.baseline import baseline_loader
+from semckd.data import DeviceLoader, dataset_defaults, load_arrays
 
 
 def _sync(device: torch.device) -> None:
@@ -84,6 +80,3 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result))
     return result
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

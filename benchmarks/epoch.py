@@ -20,8 +20,8 @@ Datasets:
   CIFAR-100 loader from ``--cifar-dir``; without one, random images are written in the CIFAR-100 python
   pickle format to a temporary folder first (same format and sizes, so the same work per image).
 
-    PYTHONPATH=. python3 benchmarks/epoch.py --limit 1280 --cifar-limit 256   # CPU-sized
-    PYTHONPATH=. python3 benchmarks/epoch.py --device cuda                     # full epochs on a GPU
+    python3 -m benchmarks epoch --limit 1280 --cifar-limit 256   # CPU-sized
+    python3 -m benchmarks epoch --device cuda                     # full epochs on a GPU
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,10 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout: benchmarks/ and semckd/
-
-from benchmarks.baseline import baseline_loader  # noqa: E402
-from benchmarks.bench import (  # noqa: E402
+from benchmarks.baseline import baseline_loader
+from benchmarks.bench import (
     PAIRS,
     _reference_swap,
     _sync,
@@ -48,9 +45,9 @@ from benchmarks.bench import (  # noqa: E402
     resolve_device,
     train_step,
 )
-from semckd.data import DeviceLoader, dataset_defaults, load_arrays  # noqa: E402
-from semckd.methods import BuildContext, build_distiller  # noqa: E402
-from semckd.models import create_model  # noqa: E402
+from semckd.data import DeviceLoader, dataset_defaults, load_arrays
+from semckd.methods import BuildContext, build_distiller
+from semckd.models import create_model
 
 # dataset → the bench's pair for it: (student, teacher, input size, in channels, classes)
 DATASET_PAIRS = {"fashion_mnist": PAIRS["fmnist"], "cifar100": PAIRS["cifar100"]}
@@ -181,6 +178,3 @@ def main(argv: list[str] | None = None) -> list[dict]:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

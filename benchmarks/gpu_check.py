@@ -5,12 +5,13 @@ check has to be a single prepared command that cannot waste the loan. It runs, i
 
 1. ``cuda-tests``: the test suite's CUDA tests (``pytest -m cuda``; the ``cuda`` marker also skips a
    test where no GPU is visible, see ``tests/conftest.py``);
-2. ``bench``: ``semckd bench`` on both preset pairs (cifar100, fmnist), every method including the
-   paper-faithful ``reference``, at ``auto`` (what training uses by default: bf16/fp16) and fp32;
+2. ``bench``: ``python -m benchmarks bench`` on both preset pairs (cifar100, fmnist), every method
+   including the paper-faithful ``reference``, at ``auto`` (what training uses by default: bf16/fp16)
+   and fp32;
 3. ``ddp``: a 2-process NCCL ``torchrun`` distillation (1 epoch on 2048 Fashion-MNIST images, or a
    synthetic set in the same format when the real one is absent), skipped with "needs 2 GPUs" when
    fewer are visible;
-4. ``epoch``: ``benchmarks/epoch.py``, whole epochs of data + step, briefly;
+4. ``epoch``: ``python -m benchmarks epoch``, whole epochs of data + step, briefly;
 5. one summary (status, wall seconds and key figures per step), printed and written to
    ``OUT/summary.json`` and ``OUT/summary.md``.
 
@@ -18,8 +19,10 @@ Every step has its own timeout (and the run an overall budget), so one hung step
 a failing step does not stop the later ones; the exit status is 1 if any step failed. Without a CUDA
 device it refuses (exit 2) unless ``--dry-run``, which prints the commands and exits 0.
 
-    bash benchmarks/gpu_check.sh                  # on the GPU machine
+    bash benchmarks/gpu_check.sh                  # on the GPU machine (= python -m benchmarks gpu_check)
     bash benchmarks/gpu_check.sh --dry-run        # anywhere: what it would run
+
+Every command runs from the checkout root with ``python -m``, so it measures this checkout's code.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def pytest_check(f: Figures) -> str | None:
 
 def bench_figures(path: Path) -> Figures:
     """ms/step per (pair, precision, method) and SemCKD's speed-up over the fp32 reference, from the
-    ``semckd bench --json`` file."""
+    ``python -m benchmarks bench --json`` file."""
     data = json.loads(path.read_text())
     rows: list[dict[str, Any]] = []
     for r in data["results"]:
@@ -249,8 +252,8 @@ def plan(ctx: Context) -> list[Step]:
         Step("cuda-tests", "test suite, CUDA tests (pytest -m cuda)",
              [[py, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", str(ROOT / "tests")]],
              TIMEOUTS["cuda-tests"], figures=pytest_figures, check=pytest_check),
-        Step("bench", "semckd bench: both pairs, auto + fp32, all methods incl. reference",
-             [[py, "-m", "semckd", "bench", "--pairs", ",".join(PAIRS), "--methods", ",".join(METHODS),
+        Step("bench", "benchmarks bench: both pairs, auto + fp32, all methods incl. reference",
+             [[py, "-m", "benchmarks", "bench", "--pairs", ",".join(PAIRS), "--methods", ",".join(METHODS),
                "--amp", ",".join(PRECISIONS), "--device", "cuda", "--json", str(bench_json)]],
              TIMEOUTS["bench"], figures=lambda _o, _l: bench_figures(bench_json), check=bench_check),
         Step("ddp", "2-process torchrun distill, backend nccl (semckd picks NCCL for --device cuda)",
@@ -260,8 +263,8 @@ def plan(ctx: Context) -> list[Step]:
                "--quiet", "--force", "--out", str(ddp_out)]],
              TIMEOUTS["ddp"], skip=ddp_skip, env={"NCCL_DEBUG": "VERSION"},
              figures=lambda _o, log: ddp_figures(ddp_out, log), check=ddp_check),
-        Step("epoch", "benchmarks/epoch.py: whole epochs, baseline vs SemCKD default",
-             [[py, str(ROOT / "benchmarks" / "epoch.py"), "--device", "cuda",
+        Step("epoch", "benchmarks epoch: whole epochs, baseline vs SemCKD default",
+             [[py, "-m", "benchmarks", "epoch", "--device", "cuda",
                "--datasets", "fashion_mnist,cifar", "--limit", "12800", "--cifar-limit", "6400",
                "--fmnist-dir", data, "--json", str(epoch_json)]],
              TIMEOUTS["epoch"], figures=lambda _o, _l: epoch_figures(epoch_json, ctx.fmnist_kind),
@@ -297,8 +300,7 @@ def run_step(step: Step, out: Path, timeout_s: float | None = None) -> StepResul
     limit = step.timeout_s if timeout_s is None else timeout_s
     log_path = out / f"{step.name}.log"
     res.log = str(log_path)
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, **step.env}
+    env = {**os.environ, **step.env}  # cwd=ROOT + `python -m`: this checkout's semckd and benchmarks
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         for cmd in step.cmds:
@@ -488,6 +490,3 @@ def main(argv: list[str] | None = None, *, make_plan: Callable[[Context], list[S
     print("\n" + write_summary(summary, out))
     return 0 if summary["ok"] else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

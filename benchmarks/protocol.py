@@ -1,15 +1,19 @@
 """The equal-budget Fashion-MNIST protocol: every method's main distillation weight chosen on a validation
-split, then 3 seeds at the chosen value; one command per table.
+split, then 3 seeds at the chosen value; one command per table, from the checkout root.
 
-    python benchmarks/protocol.py --table short     # 3000 training images, 6 epochs, 10 methods
-    python benchmarks/protocol.py --table large     # 10000 training images, 12 epochs, 6 methods
-    python benchmarks/protocol.py --table warmup    # SemCKD at beta=400 with and without beta_warmup
-    python benchmarks/protocol.py --table bf16      # SemCKD fp32 vs bf16 autocast, paired seeds
-    python benchmarks/protocol.py --table attention        # SemCKD learned vs uniform vs one_to_one (short)
-    python benchmarks/protocol.py --table attention_large  # the same at the large budget
-    python benchmarks/protocol.py --table cross_wrn_40_2_mobilenetv2   # the paper's cross-architecture pairs
-    python benchmarks/protocol.py --table cross_vgg13_mobilenetv2
-    python benchmarks/protocol.py --table short --report   # only print the table from what is recorded
+    python -m benchmarks protocol --table short     # 3000 training images, 6 epochs, 10 methods
+    python -m benchmarks protocol --table large     # 10000 training images, 12 epochs, 6 methods
+    python -m benchmarks protocol --table warmup    # SemCKD at beta=400 with and without beta_warmup
+    python -m benchmarks protocol --table bf16      # SemCKD fp32 vs bf16 autocast, paired seeds
+    python -m benchmarks protocol --table attention        # SemCKD learned vs uniform vs one_to_one (short)
+    python -m benchmarks protocol --table attention_large  # the same at the large budget
+    python -m benchmarks protocol --table cross_wrn_40_2_mobilenetv2   # the paper's cross-architecture pairs
+    python -m benchmarks protocol --table cross_vgg13_mobilenetv2
+    python -m benchmarks protocol --table short --report   # only print the table from what is recorded
+
+``python3 benchmarks/protocol.py ...`` (the form older notes and running measurements use) is the same
+job: this file imports only the library, so it runs as a plain script too, and refuses in one line when
+the ``semckd`` it would import is not this checkout's.
 
 Protocol (the same for every method, so no method gets more tuning than another):
 
@@ -57,13 +61,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import semckd
+from semckd.atomic import write_text_atomic
+from semckd.config import resolve_config, scaled_milestones
+from semckd.runfolder import read_jsonl
+from semckd.sweep import cell_label, grid_points, plan_cell, select_value, summarise
 
-from semckd.atomic import write_text_atomic  # noqa: E402
-from semckd.config import resolve_config, scaled_milestones  # noqa: E402
-from semckd.runfolder import read_jsonl  # noqa: E402
-from semckd.sweep import cell_label, grid_points, plan_cell, select_value, summarise  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TEACHER = ROOT / "semckd" / "weights" / "fashion_mnist_resnet20.pt"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -584,5 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python3 benchmarks/protocol.py: the path form of `python -m benchmarks protocol`
+    lib = Path(semckd.__file__).resolve().parent.parent
+    if lib != ROOT:  # the records name this checkout's commit: never measure another checkout's code
+        print(f"protocol: error: this checkout is {ROOT} but `import semckd` finds {lib}; run "
+              f"`python -m benchmarks protocol ...` from {ROOT} (or set PYTHONPATH={ROOT})", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())

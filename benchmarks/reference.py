@@ -10,7 +10,7 @@ benchmark can load one set of weights into both and compare time and numbers::
     fast = SemCKD(s_ch, t_ch, batch_size=64)
     fast.load_official_state_dict(ref.official_state_dict())
 
-``python -m benchmarks.reference`` (from the checkout root) times both on resnet8x4 ← resnet32x4 feature
+``python -m benchmarks reference`` (from the checkout root) times both on resnet8x4 ← resnet32x4 feature
 shapes.
 """
 
@@ -200,6 +200,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{k:18s} {v['min_s']:10.3f} {v['median_s']:10.3f} {v['cpu_s']:10.3f} {v['steps_per_s']:10.3f} "
               f"{v['speedup']:9.2f}x {v['rel_loss_diff']:10.1e}")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,23 +1,21 @@
 """How SemCKD's step cost grows with the number of candidate layers and with the batch size, and where
 the time goes (teacher forward / student forward+backward / criterion: attention vs projectors vs MSE).
 
-    python benchmarks/scaling.py                              # resnet8x4 ← resnet32x4, fp32
-    python benchmarks/scaling.py --device cuda --precision bf16 --out runs/bench/scaling_bf16.json
+    python -m benchmarks scaling                              # resnet8x4 ← resnet32x4, fp32
+    python -m benchmarks scaling --device cuda --precision bf16 --out runs/bench/scaling_bf16.json
 
-A thin wrapper over :func:`benchmarks.bench.run_scaling` (also ``semckd bench --scaling``). Candidate layers
-go from the declared stages to every residual block of both networks (stage outputs always kept);
-batch sizes 32, 64, 128, 256 at the declared stages. Writes JSON and prints markdown.
+A thin wrapper over :func:`benchmarks.bench.run_scaling` (also ``python -m benchmarks bench
+--scaling``). Candidate layers go from the declared stages to every residual block of both networks
+(stage outputs always kept); batch sizes 32, 64, 128, 256 at the declared stages. Writes JSON and prints
+markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import bench  # noqa: E402
+from benchmarks import bench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +48,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

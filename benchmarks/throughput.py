@@ -1,23 +1,21 @@
 """Training-step throughput of the standard configurations, as JSON (+ the markdown table on stdout).
 
-    python benchmarks/throughput.py                         # both pairs, all methods, fp32 + bf16
-    python benchmarks/throughput.py --device cuda --out runs/bench/throughput_h100.json
+    python -m benchmarks throughput                         # both pairs, all methods, fp32 + bf16
+    python -m benchmarks throughput --device cuda --out runs/bench/throughput_h100.json
 
-A thin wrapper over :func:`benchmarks.bench.run_bench` (the same code as ``semckd bench``): resnet8x4 ←
-resnet32x4 on 3×32×32 / 100 classes (the paper's CIFAR-100 flagship pair) and resnet8 ← resnet20 on
-Fashion-MNIST (1×28×28, 10 classes); vanilla, KD, SemCKD and the per-pair-loop reference SemCKD; batch 64.
-See ``semckd bench --help`` for how time, memory and FLOP/s are measured.
+A thin wrapper over :func:`benchmarks.bench.run_bench` (the same code as ``python -m benchmarks bench``):
+resnet8x4 ← resnet32x4 on 3×32×32 / 100 classes (the paper's CIFAR-100 flagship pair) and resnet8 ←
+resnet20 on Fashion-MNIST (1×28×28, 10 classes); vanilla, KD, SemCKD and the per-pair-loop reference
+SemCKD; batch 64.
+See ``python -m benchmarks bench --help`` for how time, memory and FLOP/s are measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import bench  # noqa: E402
+from benchmarks import bench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +46,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

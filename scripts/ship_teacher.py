@@ -18,15 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from semckd.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from semckd.commands.demo import TEACHER_NAME, WEIGHTS_DIR
+from semckd.data.download import file_sha256
+from semckd.engine import evaluate_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from semckd.checkpoint import atomic_save, atomic_write_text, load_checkpoint  # noqa: E402
-from semckd.commands.demo import TEACHER_NAME, WEIGHTS_DIR  # noqa: E402
-from semckd.data.download import file_sha256  # noqa: E402
-from semckd.engine import evaluate_checkpoint  # noqa: E402
 
 KEEP = ("format", "kind", "model", "num_classes", "in_channels", "dataset", "epoch", "best_acc", "config")
 
@@ -76,4 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if WEIGHTS_DIR.resolve().parent.parent != ROOT:  # never write into another checkout's semckd/weights
+        print(f"ship_teacher: error: `import semckd` finds {WEIGHTS_DIR.resolve().parent.parent}, not this "
+              f"checkout {ROOT}; set PYTHONPATH={ROOT} (or pip install -e . here)", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())

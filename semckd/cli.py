@@ -14,7 +14,7 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["train_teacher", "distill", "sweep", "eval", "bench", "plot", "report", "export", "demo"]
+COMMANDS = ["train_teacher", "distill", "sweep", "eval", "plot", "report", "export", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["AMP_CHOICES", "BENCH_ALIASES", "Precision", "autocast_dtype", "cast_state_writes",
+__all__ = ["AMP_CHOICES", "Precision", "autocast_dtype", "cast_state_writes",
            "cpu_has_native_bf16", "emulate_bf16", "emulation_active", "resolve_amp", "resolve_channels_last",
            "state_writes_guard", "suspend_emulation"]
 
@@ -56,7 +56,7 @@ _state = threading.local()
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a precision name (``bf16``/``fp16``); None for the float32 ones (``none``,
-    the bench's ``fp32``/``fp32-cl``, ``bf16-emulated``, which rounds in float32 instead)."""
+    ``bf16-emulated``, which rounds in float32 instead)."""
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
@@ -110,11 +110,6 @@ def resolve_channels_last(channels_last: bool | None, amp: str, device: torch.de
 
 _DESCRIPTIONS = {"none": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast",
                  "bf16-emulated": "float32 with bfloat16 rounding (emulation)"}
-# the bench's user-facing names → (amp, channels_last); "auto" is resolved like training's default
-BENCH_ALIASES: dict[str, tuple[str, bool]] = {
-    "fp32": ("none", False), "fp32-cl": ("none", True), "bf16": ("bf16", False), "bf16-cl": ("bf16", True),
-    "fp16": ("fp16", False),
-}
 
 
 @dataclass(frozen=True)
@@ -147,25 +142,6 @@ class Precision:
             return amp
         name, why = resolve_amp(amp, device)
         return cls(name, resolve_channels_last(channels_last, name, device), why)
-
-    @classmethod
-    def from_alias(cls, alias: str, device: torch.device | str) -> Precision:
-        """The bench's names (``fp32``, ``fp32-cl``, ``bf16``, ``bf16-cl``, ``fp16``, ``auto``) as one
-        :class:`Precision`; ``auto`` is exactly what training picks by default on ``device``."""
-        if alias == "auto":
-            return cls.resolve("auto", None, device)
-        if alias in AMP_CHOICES[1:] and alias not in BENCH_ALIASES:  # none, bf16-emulated: the engine's names
-            return cls(alias, False, f"bench precision {alias}")
-        if alias not in BENCH_ALIASES:
-            raise ValueError(f"unknown precision {alias!r}; choose from auto, {', '.join(BENCH_ALIASES)}")
-        amp, cl = BENCH_ALIASES[alias]
-        return cls(amp, cl, f"bench precision {alias}")
-
-    @property
-    def alias(self) -> str:
-        """The bench's name for this precision (``bf16-emulated`` has none and keeps its own)."""
-        base = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(self.amp, self.amp)
-        return base + ("-cl" if self.channels_last and self.amp != "bf16-emulated" else "")
 
     @property
     def dtype(self) -> torch.dtype | None:

@@ -645,30 +645,22 @@ def test_baseline_dataset_matches_device_loader_semantics():
 
 def test_benchmark_script_runs(tmp_path, capsys):
     pytest.importorskip("PIL")
-    import importlib.util
+    from benchmarks import data_pipeline
+
     make_idx_dir(tmp_path, gz=True, n_train=40)
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
-    spec = importlib.util.spec_from_file_location("data_pipeline", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    res = mod.main(["--data-dir", str(tmp_path), "--workers", "0", "--epochs", "1", "--batch-size", "16",
-                    "--device", "cpu"])
+    res = data_pipeline.main(["--data-dir", str(tmp_path), "--workers", "0", "--epochs", "1",
+                              "--batch-size", "16", "--device", "cpu"])
     assert res["images"] == 40 and res["device_loader_images_per_s"] > 0 and res["baseline_images_per_s"] > 0
     assert "speedup" in capsys.readouterr().out
 
 
 def test_whole_epoch_benchmark_runs_both_pipelines(tmp_path, capsys):
     pytest.importorskip("PIL")
-    import importlib.util
-
+    from benchmarks import epoch
     from benchmarks.bench import default_precision
 
     make_idx_dir(tmp_path / "fm", gz=True, n_train=20)
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "epoch.py"
-    spec = importlib.util.spec_from_file_location("epoch_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rows = mod.main(["--fmnist-dir", str(tmp_path / "fm"), "--cifar-limit", "16", "--batch-size", "8",
+    rows = epoch.main(["--fmnist-dir", str(tmp_path / "fm"), "--cifar-limit", "16", "--batch-size", "8",
                      "--workers", "0", "--device", "cpu", "--json", str(tmp_path / "e.json")])
     assert [(r["dataset"], r["variant"]) for r in rows] == [
         (d, v) for d in ("fashion_mnist", "cifar100") for v in ("baseline", "semckd")]

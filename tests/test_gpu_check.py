@@ -1,11 +1,10 @@
-"""The GPU check's CPU-side logic (benchmarks/gpu_check.py): it must be right the first time it meets a
-GPU, since GPU time is lent rarely and briefly. Refusal, dry-run commands (validated against the real
-parsers), step running with failures/timeouts, and the summary built from a real ``semckd bench`` JSON."""
+"""The GPU check's CPU-side logic (``python -m benchmarks gpu_check``): it must be right the first time it
+meets a GPU, since GPU time is lent rarely and briefly. Refusal, dry-run commands (validated against the
+real parsers), step running with failures/timeouts, and the summary built from a real bench JSON."""
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shlex
@@ -16,21 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import gpu_check as gc
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 WRAPPER = ROOT / "benchmarks" / "gpu_check.sh"
 NO_GPU_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}  # refuses even on a GPU box
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gc = _load("gpu_check", SCRIPT)
 
 
 def py(code: str) -> list[str]:
@@ -39,7 +29,7 @@ def py(code: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ refusal and dry run
 def test_refuses_without_cuda_in_one_line(tmp_path):
-    assert os.access(WRAPPER, os.X_OK) and os.access(SCRIPT, os.X_OK)
+    assert os.access(WRAPPER, os.X_OK)
     out = tmp_path / "o"
     p = subprocess.run([str(WRAPPER), "--out", str(out)], capture_output=True, text=True, env=NO_GPU_ENV,
                        timeout=60)
@@ -84,7 +74,7 @@ def test_dry_run_lists_all_five_steps_with_their_commands(tmp_path):
     assert tests[tests.index("pytest") + 1:tests.index("pytest") + 3] == ["-m", "cuda"]
 
     (bench,) = steps["bench"]["cmds"]
-    assert bench[1:4] == ["-m", "semckd", "bench"]
+    assert bench[1:4] == ["-m", "benchmarks", "bench"]
     assert _after(bench, "--pairs").split(",") == ["cifar100", "fmnist"]
     assert _after(bench, "--amp").split(",") == ["auto", "fp32"]
     assert "reference" in _after(bench, "--methods").split(",")
@@ -101,19 +91,21 @@ def test_dry_run_lists_all_five_steps_with_their_commands(tmp_path):
     assert "would be skipped here: needs 2 GPUs (0 visible)" in steps["ddp"]["notes"]
 
     (epoch,) = steps["epoch"]["cmds"]
-    assert epoch[1] == str(ROOT / "benchmarks" / "epoch.py") and _after(epoch, "--device") == "cuda"
+    assert epoch[1:4] == ["-m", "benchmarks", "epoch"] and _after(epoch, "--device") == "cuda"
     assert Path(_after(epoch, "--json")).parent == out
     assert str(out / "summary.json") in steps["summary"]["header"]
 
 
 def test_planned_commands_parse_with_the_real_parsers(tmp_path, monkeypatch):
     """A flag typo would only show on the GPU machine: parse every planned command here instead."""
+    from benchmarks import epoch
+    from benchmarks.bench.cli import build_parser as bench_parser
     from semckd.cli import build_parser
 
     steps = {s.name: s for s in gc.plan(gc.Context(out=tmp_path, gpus=2, fmnist_dir=tmp_path / "fm"))}
     assert steps["ddp"].skip is None and steps["ddp"].env == {"NCCL_DEBUG": "VERSION"}
     parser = build_parser()
-    b = parser.parse_args(steps["bench"].cmds[0][3:])
+    b = bench_parser().parse_args(steps["bench"].cmds[0][4:])
     assert (b.pairs, b.amp, b.device) == ("cifar100,fmnist", "auto,fp32", "cuda")
     assert b.methods.split(",") == ["vanilla", "kd", "semckd", "reference"]
     ddp = steps["ddp"].cmds[0]
@@ -122,7 +114,6 @@ def test_planned_commands_parse_with_the_real_parsers(tmp_path, monkeypatch):
     assert (str(d.epochs), str(d.limit_train)) == ("1", "2048")  # config flags stay strings until resolved
     assert Path(d.teacher).is_file() and d.data_dir == str(tmp_path / "fm")
 
-    epoch = _load("epoch_for_gpu_check", ROOT / "benchmarks" / "epoch.py")
     seen = {}
 
     class Parsed(Exception):
@@ -134,7 +125,7 @@ def test_planned_commands_parse_with_the_real_parsers(tmp_path, monkeypatch):
 
     monkeypatch.setattr(epoch, "resolve_device", stop)  # the first thing main does after parsing
     with pytest.raises(Parsed):
-        epoch.main(steps["epoch"].cmds[0][2:])
+        epoch.main(steps["epoch"].cmds[0][4:])
     assert seen == {"device": "cuda"}
 
     # the pytest selection is not empty: the marker exists and marks at least the CUDA loader test
@@ -229,10 +220,11 @@ def test_fake_fmnist_loads_with_the_library(tmp_path):
 # ------------------------------------------------------------------------------------- the summary
 @pytest.fixture(scope="module")
 def real_bench_json(tmp_path_factory) -> dict:
-    """One real (tiny) ``semckd bench --json`` file: the format the summary must read."""
+    """One real (tiny) ``python -m benchmarks bench --json`` file: the format the summary must read."""
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    cmd = [sys.executable, "-m", "semckd", "bench", "--pairs", "fmnist", "--methods", "kd", "--amp", "fp32",
-           "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-flops", "--quiet", "--json", str(path)]
+    cmd = [sys.executable, "-m", "benchmarks", "bench", "--pairs", "fmnist", "--methods", "kd", "--amp",
+           "fp32", "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-flops", "--quiet",
+           "--json", str(path)]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**NO_GPU_ENV, "OMP_NUM_THREADS": "1"},
                        cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -144,9 +144,9 @@ def test_old_imports_from_base_still_work_with_a_warning() -> None:
 
 
 # files that may spell a method's name: the registry and build docs, the names the library itself uses
-# (semckd/defaults.py), the SemCKD criterion and the demo/bench commands that run SemCKD by design
+# (semckd/defaults.py), the SemCKD criterion and the demo command that runs SemCKD by design
 _NAME_ALLOWED = {"methods/registry.py", "methods/build.py", "defaults.py", "semckd.py", "commands/demo.py",
-                 "commands/bench.py", "cli.py"}
+                 "cli.py"}
 # spellings that are not method names: the package's own name, and the loss key of the KD term every
 # Distiller may add (base class) and a combination keeps once
 _NOT_A_METHOD = {("__init__.py", "semckd"), ("methods/base.py", "kd"), ("methods/combine.py", "kd")}

@@ -140,9 +140,9 @@ def mod_dir(tmp_path_factory) -> Path:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tmp-ep\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[semckd.models]\ntmp_ep_net = tmpmod:wide\n")
-    sys.path.insert(0, str(d))
-    yield d
-    sys.path.remove(str(d))
+    with pytest.MonkeyPatch.context() as mp:  # a user's folder on the import path, for this module only
+        mp.syspath_prepend(str(d))
+        yield d
     for name in ("tmpmod", "broken"):
         sys.modules.pop(name, None)
 

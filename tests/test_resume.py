@@ -86,7 +86,6 @@ def test_stop_after_epoch_one_then_resume_is_bit_identical(setup, straight):
 
 _KILLER = """
 import sys, time, torch
-sys.path[:0] = [{tests!r}, {root!r}]
 torch.set_num_threads(1)
 from engine_helpers import register_tiny, register_probe_methods, tiny_distill_setup
 register_tiny(); register_probe_methods()
@@ -106,9 +105,9 @@ sys.exit(main({argv!r}))
 def test_sigkill_mid_run_then_resume_is_bit_identical(setup, straight):
     root, data, teacher = setup
     out, marker = root / "killed", root / "marker"
-    code = _KILLER.format(tests=str(TESTS), root=str(ROOT), marker=str(marker),
-                          argv=args(data, teacher, out))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    code = _KILLER.format(marker=str(marker), argv=args(data, teacher, out))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join((str(TESTS), str(ROOT)))})
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -143,7 +142,6 @@ def test_resume_of_finished_run_changes_nothing(setup, straight, capsys):
 
 _FAULTED = """
 import sys, torch
-sys.path[:0] = [{tests!r}, {root!r}]
 torch.set_num_threads(1)
 from engine_helpers import register_tiny, register_probe_methods, tiny_distill_setup
 register_tiny(); register_probe_methods()
@@ -172,9 +170,10 @@ def test_kill9_at_any_moment_then_the_same_command_ends_identical(setup, straigh
     root, data, teacher = setup
     out = root / ("k_" + fault.replace(":", "_").replace("@", "_").replace(".", "_"))
     argv = args(data, teacher, out)
-    code = _FAULTED.format(tests=str(TESTS), root=str(ROOT), argv=argv)
+    code = _FAULTED.format(argv=argv)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "SEMCKD_FAULT": fault, "PYTHONPATH": str(ROOT)})
+                       env={**os.environ, "SEMCKD_FAULT": fault,
+                            "PYTHONPATH": os.pathsep.join((str(TESTS), str(ROOT)))})
     assert p.returncode == -signal.SIGKILL, (fault, p.returncode, p.stderr[-2000:])
     again = argv + (["--resume"] if (out / "last.pt").exists() else [])
     assert main(again) == 0

@@ -12,9 +12,8 @@ from engine_helpers import TINY, make_fashion_mnist, register_tiny
 from torch import nn
 
 from semckd import runfolder
-from semckd.cli import main
 from semckd.errors import UserError
-from semckd.precision import BENCH_ALIASES, Precision
+from semckd.precision import Precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,18 +86,15 @@ def test_one_prefix_stripper_and_one_loader_everywhere():
     assert runfolder.strip_wrapper_prefixes({"module._orig_mod.a": 1, "b": 2}) == {"a": 1, "b": 2}
 
 
-def test_precision_is_one_type_and_the_bench_names_are_aliases_of_it(monkeypatch):
+def test_precision_is_one_resolved_type(monkeypatch):
     from semckd import precision
 
     cpu = torch.device("cpu")
-    for alias, (amp, cl) in BENCH_ALIASES.items():
-        p = Precision.from_alias(alias, cpu)
-        assert (p.amp, p.channels_last, p.alias) == (amp, cl, alias)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.delenv("SEMCKD_AMP", raising=False)
     auto = Precision.resolve("auto", None, cpu)
-    assert (auto.amp, auto.channels_last, auto.alias) == ("bf16", True, "bf16-cl")
-    assert Precision.from_alias("auto", cpu) == auto and Precision.resolve(auto, False, cpu) is auto
+    assert (auto.amp, auto.channels_last) == ("bf16", True)
+    assert Precision.resolve(auto, False, cpu) is auto
     assert "bfloat16 autocast (auto: this CPU has native" in auto.describe()
     assert auto.describe().endswith(", channels-last") and auto.grad_scaler(cpu) is None
     with auto.autocast(cpu):
@@ -106,8 +102,6 @@ def test_precision_is_one_type_and_the_bench_names_are_aliases_of_it(monkeypatch
     assert Precision("none").dtype is None and Precision("fp16").dtype == torch.float16
     with pytest.raises(ValueError):
         Precision("auto")  # a Precision is always resolved
-    with pytest.raises(ValueError):
-        Precision.from_alias("fp8", cpu)
 
 
 class _Toy(nn.Module):
@@ -153,20 +147,12 @@ def test_the_one_step_is_the_engines_op_order_bit_for_bit():
                    name="method 'x'")
 
 
-def test_bench_outside_a_checkout_is_one_line_exit_2(monkeypatch, capsys):
-    import semckd.commands.bench as cmd
-
-    monkeypatch.setattr(cmd, "__file__", "/nowhere/site-packages/semckd/commands/bench.py")
-    assert main(["bench", "--pairs", "fmnist", "--device", "cpu"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs a source checkout" in err[0]
-
-
 def test_the_installed_package_ships_no_measurement_code():
     import semckd
 
     pkg = Path(semckd.__file__).parent
     assert not (pkg / "bench.py").exists() and not (pkg / "reference.py").exists()
+    assert not (pkg / "commands" / "bench.py").exists()  # the bench is `python -m benchmarks bench`
     assert not (pkg / "data" / "baseline.py").exists()
     text = (pkg.parent / "pyproject.toml").read_text()
     assert 'include = ["semckd*"]' in text and '"benchmarks*"' in text

@@ -423,8 +423,10 @@ def test_bench_counts_default_what_is_unset_and_keep_zero_warmup():
 
 
 def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
+    from benchmarks.__main__ import main as benchmarks
+
     out = tmp_path / "b.json"
-    rc = main(["bench", "--student", "resnet8", "--teacher", "resnet8", "--input-size", "8",
+    rc = benchmarks(["bench", "--student", "resnet8", "--teacher", "resnet8", "--input-size", "8",
                "--num-classes", "5", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--repeats", "1",
                "--methods", "kd", "--amp", "fp32", "--device", "cpu", "--no-flops", "--json", str(out),
                "--quiet", "--threads", "1"])
@@ -437,8 +439,13 @@ def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
 
     label = "fp32 (default)" if default_precision(torch.device("cpu")) == "fp32" else "fp32"
     assert f"| custom | resnet8 ← resnet8 | {label} | kd |" in capsys.readouterr().out
-    assert main(["bench", "--methods", "nope", "--device", "cpu"]) == 2
-    assert main(["bench", "--student", "resnet8", "--device", "cpu"]) == 2
+    # bad input: one line naming the problem and the fix, exit 2 (the package entry's rule)
+    assert benchmarks(["bench", "--methods", "nope", "--device", "cpu"]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert err.startswith("benchmarks bench: error: ") and "nope" in err
+    assert benchmarks(["bench", "--student", "resnet8", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "benchmarks bench: error: a custom pair needs both --student and --teacher (or use --pairs)"]
 
 
 def test_bench_layer_sweep_and_op_families():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 from engine_helpers import TINY, make_fashion_mnist, register_probe_methods, register_tiny
 
+from benchmarks import protocol
 from semckd import engine
 from semckd.cli import main as cli_main
 from semckd.config import resolve_config
@@ -207,9 +210,6 @@ def test_sweep_plot(data_dir, tmp_path):
 
 # ---------------------------------------------------------------------- the benchmark protocol's logic
 def test_protocol_selects_on_validation_and_tables_three_seeds():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import protocol
-
     grid = protocol.grid_for(protocol.TABLES["short"], "semckd")
     assert grid == {"beta": [25.0, 100.0, 400.0, 1600.0]}  # the paper's value is in every grid
     for m in protocol.TABLES["short"]["methods"]:
@@ -231,18 +231,32 @@ def test_protocol_selects_on_validation_and_tables_three_seeds():
     assert "60.00, 62.00, 63.00" in row
 
 
-def test_protocol_smoke_refuses_to_mix_budgets(tmp_path):
+@pytest.mark.parametrize("entry", [["-m", "benchmarks", "protocol"], ["benchmarks/protocol.py"]],
+                         ids=["package", "path"])
+def test_protocol_smoke_refuses_to_mix_budgets(entry):
+    """Both spellings of the job (the package entry, and the file path older notes use) parse the same
+    flags and keep a smoke budget out of the real table."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the path form imports semckd from the import path
+    r = subprocess.run([sys.executable, *entry, "--table", "short", "--epochs", "1"], capture_output=True,
+                       text=True, cwd=ROOT, env=env if entry[0].endswith(".py") else None)
+    assert r.returncode == 2 and "--results" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_protocol_by_path_refuses_another_checkouts_semckd(tmp_path):
+    """``python3 benchmarks/protocol.py`` records this checkout's commit, so it must not train with a
+    ``semckd`` imported from elsewhere (an editable install of another worktree): one line, exit 2."""
+    shutil.copytree(ROOT / "semckd", tmp_path / "semckd", ignore=shutil.ignore_patterns("weights", "*.pyc"))
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocol.py"), "--table", "short",
-                        "--epochs", "1"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--results" in r.stderr
+                        "--report"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()]
+    assert f"`import semckd` finds {tmp_path}" in r.stderr and "python -m benchmarks protocol" in r.stderr
 
 
 def test_protocol_studies_run_every_point_and_pair_seeds():
     """Study tables (warm-up, precision) select nothing: every grid point gets 3 seeds, run settings such
     as ``amp`` reach the run config (not the method options), and differences are paired by seed."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import protocol
-
     table = protocol.TABLES["bf16"]
     cfg = protocol._config(table, "semckd", {"amp": "bf16"}, 1, Path("/tmp/unused"))
     assert cfg.amp == "bf16" and cfg.method_args == {"beta": 100.0} and cfg.seed == 1
@@ -261,9 +275,6 @@ def test_protocol_studies_run_every_point_and_pair_seeds():
 
 
 def test_protocol_pairs_study_rows_within_a_method():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import protocol
-
     recs = [{"method": m, "values": {"amp": a}, "seed": s, "best_val_acc": 1.0, "train_time_s": 1.0,
              "best_acc": {"semckd": 80.0, "vanilla": 70.0}[m] + (1.0 if a == "bf16" else 0.0)}
             for m in ("semckd", "vanilla") for a in ("none", "bf16") for s in (0, 1, 2)]
@@ -276,9 +287,6 @@ def test_protocol_row_tables_tune_on_validation_and_pair_ablations():
     """Row tables (attention ablation, cross-architecture): untuned rows get 3 seeds, tuned rows are
     selected on seed-0 validation only, a row spelling a default shares the paper row's cells, per-pair
     settings reach the config, and the ablation rows are paired by seed with learned SemCKD."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import protocol
-
     table = protocol.TABLES["attention"]
     learned, uniform, _, tuned = table["rows"]
     assert protocol.row_points(learned) == ([{}], False)
@@ -312,9 +320,6 @@ def test_protocol_row_tables_tune_on_validation_and_pair_ablations():
 
 def test_protocol_claims_keep_workers_apart(tmp_path):
     """A live worker's claim holds a cell; a dead worker's claim (session ended) is taken over."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import protocol
-
     claims = tmp_path / ".claims"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -333,9 +338,6 @@ def test_protocol_claims_keep_workers_apart(tmp_path):
 def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, monkeypatch):
     """A worker that finds a tuning cell held by another worker neither skips the method's test seeds nor
     trains the held cell twice: it waits, and takes the cell over once its holder dies."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import protocol
-
     results, out = tmp_path / "r.jsonl", tmp_path / "runs"
     trained: list[tuple] = []
 
@@ -371,9 +373,6 @@ def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, mon
                                   "cross_wrn_40_2_mobilenetv2"])
 def test_committed_tables_are_what_their_results_give(name):
     """The tables in benchmarks/results are regenerated from the recorded runs, never edited by hand."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import protocol
-
     res = ROOT / "benchmarks" / "results" / f"fmnist_{name}.jsonl"
     recs = protocol.read_results(res)
     assert recs and all(r["table"] == name for r in recs)

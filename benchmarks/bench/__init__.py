@@ -35,14 +35,13 @@ The peak to compare against is ``--peak-gflops`` when given, else an *estimate*:
 a large dense matmul or 3×3 convolution in the same precision measured on this machine (labelled
 ``est.``; a loaded machine lowers it, so a row can exceed 100 %).
 
-Layout (one module per job): ``config`` (what a row measures, presets, machine), ``timing`` (build a step,
-time it, memory, FLOPs), ``peak`` (the machine's practical peak), ``table`` (the standard table),
-``scaling`` (layers and batch sweeps), ``breakdown`` (where a step's time goes). The step itself is the
-engine's (:mod:`semckd.step`) and the precisions are :class:`semckd.precision.Precision` values; the
-names here (``fp32``, ``fp32-cl``, ``bf16``, ``bf16-cl``, ``fp16``, ``auto``) are aliases of those.
-
-This package lives in the source checkout, not in the installed ``semckd`` package: ``semckd bench``
-imports it from the checkout it runs in.
+Layout (one module per job): ``cli`` (``python -m benchmarks bench``), ``config`` (what a row
+measures, presets, the precision names, machine), ``timing`` (build a step, time it, memory, FLOPs),
+``peak`` (the machine's practical peak), ``table`` (the standard table), ``scaling`` (layers and batch
+sweeps), ``breakdown`` (where a step's time goes). The step itself is the engine's (:mod:`semckd.step`)
+and the precisions are :class:`semckd.precision.Precision` values; the names here (``fp32``,
+``fp32-cl``, ``bf16``, ``bf16-cl``, ``fp16``, ``auto``) are the bench's names for those
+(:func:`precision_of`, :func:`name_of`); the library itself knows only ``amp`` and ``channels_last``.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ from __future__ import annotations
 from .breakdown import _family, component_breakdown
 from .config import (
     METHODS,
+    NAMES,
     PAIRS,
     PRECISIONS,
     BenchConfig,
@@ -58,6 +58,8 @@ from .config import (
     default_counts,
     default_precision,
     machine_info,
+    name_of,
+    precision_of,
     resolve_device,
 )
 from .peak import matmul_peak_gflops
@@ -73,9 +75,8 @@ from .timing import (
     train_step,
 )
 
-__all__ = ["METHODS", "PAIRS", "PRECISIONS", "BenchConfig", "block_layers", "build_step",
+__all__ = ["METHODS", "NAMES", "PAIRS", "PRECISIONS", "BenchConfig", "block_layers", "build_step",
            "component_breakdown", "count_step_flops", "default_counts", "default_precision", "format_scaling",
-           "format_table", "layer_sweep", "machine_info", "matmul_peak_gflops", "measure", "resolve_device",
-           "run_bench",
-           "run_scaling", "saved_for_backward_mb", "train_step", "write_json",
-           "_family", "_measure_isolated", "_reference_swap", "_sync", "_threads"]
+           "format_table", "layer_sweep", "machine_info", "matmul_peak_gflops", "measure", "name_of",
+           "precision_of", "resolve_device", "run_bench", "run_scaling", "saved_for_backward_mb",
+           "train_step", "write_json", "_family", "_measure_isolated", "_reference_swap", "_sync", "_threads"]

@@ -13,9 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from semckd.precision import Precision
-
-from .config import BenchConfig, _sync, _threads, resolve_device
+from .config import BenchConfig, _sync, _threads, precision_of, resolve_device
 from .timing import _time_blocks, build_step
 
 
@@ -34,7 +32,7 @@ def _component_breakdown(cfg: BenchConfig, repeats: int) -> dict[str, Any]:
     step, distiller, opt, (x, y, idx) = build_step(cfg, device)
     step()  # warm up, allocate optimizer state
 
-    precision = Precision.from_alias(cfg.precision, device)
+    precision = precision_of(cfg.precision, device)
 
     def autocast():
         return precision.autocast(device)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from semckd.errors import UserError
-from semckd.precision import BENCH_ALIASES, Precision
+from semckd.precision import AMP_CHOICES, Precision
 
 # name → (student, teacher, input size, in channels, classes)
 PAIRS: dict[str, tuple[str, str, int, int, int]] = {
@@ -22,15 +22,42 @@ PAIRS: dict[str, tuple[str, str, int, int, int]] = {
 
 METHODS = ("vanilla", "kd", "semckd", "reference")
 
-# fp32-cl / bf16-cl: fp32 / bf16 with the networks and inputs in channels-last (NHWC) memory format.
-# "auto" is not measured as such: it becomes the precision training's default (amp="auto") picks here.
-# These are user-facing names only: each maps onto one semckd.precision.Precision (BENCH_ALIASES).
-PRECISIONS = tuple(BENCH_ALIASES)
+# The bench's precision names → (amp, channels_last). fp32-cl / bf16-cl: fp32 / bf16 with the networks
+# and inputs in channels-last (NHWC) memory format. "auto" is not measured as such: it becomes the
+# precision training's default (amp="auto") picks here. The names are the bench's vocabulary only: each
+# maps onto one semckd.precision.Precision, the type training and evaluation use.
+NAMES: dict[str, tuple[str, bool]] = {
+    "fp32": ("none", False), "fp32-cl": ("none", True), "bf16": ("bf16", False), "bf16-cl": ("bf16", True),
+    "fp16": ("fp16", False),
+}
+PRECISIONS = tuple(NAMES)
+
+
+def precision_of(name: str, device: torch.device | str) -> Precision:
+    """A bench precision name (``fp32``, ``fp32-cl``, ``bf16``, ``bf16-cl``, ``fp16``, ``auto``; the
+    engine's ``none`` and ``bf16-emulated`` pass through) as one :class:`Precision`; ``auto`` is exactly
+    what training picks by default on ``device``."""
+    if name == "auto":
+        return Precision.resolve("auto", None, device)
+    if name in AMP_CHOICES[1:] and name not in NAMES:  # none, bf16-emulated: the engine's names
+        return Precision(name, False, f"bench precision {name}")
+    if name not in NAMES:
+        raise ValueError(f"unknown precision {name!r}; choose from auto, {', '.join(NAMES)}")
+    amp, cl = NAMES[name]
+    return Precision(amp, cl, f"bench precision {name}")
+
+
+def name_of(precision: Precision) -> str:
+    """The bench's name for ``precision`` (``bf16-emulated`` has none and keeps its own)."""
+    base = {"none": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(precision.amp, precision.amp)
+    return base + ("-cl" if precision.channels_last and precision.amp != "bf16-emulated" else "")
+
 
 def default_precision(device: torch.device) -> str:
     """The bench precision matching what training uses by default on ``device`` (``amp="auto"``, and the
-    memory format that precision defaults to): :meth:`Precision.from_alias` of ``auto``, by its name."""
-    return Precision.from_alias("auto", device).alias
+    memory format that precision defaults to), by its name."""
+    return name_of(precision_of("auto", device))
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":

@@ -10,9 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from semckd.precision import Precision
-
-from .config import _sync
+from .config import _sync, precision_of
 
 
 def _best_time(fn: Callable[[], Any], device: torch.device, repeats: int, inner: int) -> float:
@@ -33,7 +31,7 @@ def matmul_peak_gflops(device: torch.device, precision: str, n: int | None = Non
     """Best GFLOP/s of a large dense matmul and a large 3×3 convolution measured here: a practical
     stand-in for the machine's peak (vendor peaks are rarely reachable; CPU BLAS and oneDNN differ, so
     the faster of the two is used)."""
-    dtype = Precision.from_alias(precision, device).dtype or torch.float32
+    dtype = precision_of(precision, device).dtype or torch.float32
     cuda = device.type == "cuda"
     n = n or (8192 if cuda else 1536)
     inner = 10 if cuda else 1

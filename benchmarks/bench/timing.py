@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from semckd.errors import UserError
-from semckd.precision import Precision
 from semckd.step import make_train_step
 
-from .config import PRECISIONS, BenchConfig, _sync, _threads, resolve_device
+from .config import PRECISIONS, BenchConfig, _sync, _threads, precision_of, resolve_device
 
 
 def _reference_swap(distiller: nn.Module) -> None:
@@ -69,7 +68,7 @@ def build_step(cfg: BenchConfig, device: torch.device):
     distiller = distiller.to(device)
     if cfg.precision not in PRECISIONS:
         raise UserError(f"unknown precision {cfg.precision!r}; use one of {', '.join(PRECISIONS)}")
-    precision = Precision.from_alias(cfg.precision, device)
+    precision = precision_of(cfg.precision, device)
     if cfg.method == "reference":
         _reference_swap(distiller)
     elif precision.channels_last:
@@ -84,7 +83,7 @@ def train_step(distiller: nn.Module, opt: torch.optim.Optimizer, device: torch.d
                ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """``step(images, targets, index) -> loss`` at a bench precision name: the engine's own step
     (:func:`semckd.step.make_train_step`), for timing outside the engine."""
-    return make_train_step(distiller, opt, device, Precision.from_alias(precision, device))
+    return make_train_step(distiller, opt, device, precision_of(precision, device))
 
 def _maxrss_mb() -> float:
     import resource

@@ -1,33 +1,16 @@
-"""``semckd bench``: images/s, memory and FLOP/s of one training step; ``--scaling`` for SemCKD's cost
-as candidate layers and batch size grow, with a per-component breakdown.
-
-A thin entry point: the measurement code lives in the source checkout's ``benchmarks/bench`` package,
-not in the installed package (it is measurement, not library), so this command works from a checkout
-(``pip install -e .`` or ``python -m semckd`` there) and says so in one line elsewhere.
-"""
+"""``python -m benchmarks bench``: images/s, memory and FLOP/s of one training step; ``--scaling`` for
+SemCKD's cost as candidate layers and batch size grow, with a per-component breakdown."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-from types import ModuleType
 
+from semckd.errors import UserError
 
-def load_bench() -> ModuleType:
-    """``benchmarks.bench`` from the checkout this ``semckd`` package sits in; one-line error otherwise."""
-    from ..errors import UserError
-
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "benchmarks" / "bench" / "__init__.py").is_file():
-        raise UserError("semckd bench needs a source checkout (its measurement code lives in the "
-                        "repository's benchmarks/ folder, which is not installed); clone the repository and "
-                        "run it there")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    import benchmarks.bench as bench
-
-    return bench
+from .config import PAIRS
+from .scaling import format_scaling, run_scaling
+from .table import format_table, run_bench, write_json
 
 _DESCRIPTION = """\
 Time one training step (teacher forward + student forward/backward + method losses + SGD step) for
@@ -50,9 +33,9 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("bench", help="training-step throughput, memory and FLOP/s (and --scaling)",
-                              description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks bench", description=_DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", default="cifar100,fmnist",
                    help="preset pairs: cifar100 (resnet8x4←resnet32x4, 3×32×32, 100 classes), "
                         "fmnist (resnet8←resnet20, 1×28×28, 10 classes)")
@@ -84,14 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scaling-batch-sizes", default="32,64,128,256", help="batch sizes for --scaling")
     p.add_argument("--layer-points", type=int, default=4, help="layer-count points for --scaling")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.set_defaults(func=run)
+    return p
 
 
 def _pairs(args: argparse.Namespace) -> list[tuple[str, str, str, int, int, int]]:
-    from ..errors import UserError
-
-    PAIRS = load_bench().PAIRS  # noqa: N806
-
     custom = any(v is not None for v in (args.student, args.teacher, args.input_size, args.in_channels,
                                          args.num_classes))
     if custom:
@@ -110,10 +89,8 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str, str, str, int, int, int]
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-
-    bench = load_bench()
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     pairs = _pairs(args)
     if args.scaling:
@@ -124,19 +101,19 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--scaling-batch-sizes takes integers, e.g. 32,64,128,256") from None
         methods = [m for m in _csv(args.methods) if m in ("semckd", "reference")] or ["semckd"]
         precision = _csv(args.amp)[0] if _csv(args.amp) else "fp32"
-        rep = bench.run_scaling(student, teacher, size, chans, classes, batch_sizes=sizes, methods=methods,
-                                precision=precision, device=args.device, steps=args.steps,
-                                warmup=args.warmup, repeats=args.repeats,
-                                isolate=False if args.no_isolate else None, layer_points=args.layer_points,
-                                base_batch=args.batch_size, threads=args.threads, log=log)
-        print(bench.format_scaling(rep), end="")
+        rep = run_scaling(student, teacher, size, chans, classes, batch_sizes=sizes, methods=methods,
+                          precision=precision, device=args.device, steps=args.steps, warmup=args.warmup,
+                          repeats=args.repeats, isolate=False if args.no_isolate else None,
+                          layer_points=args.layer_points, base_batch=args.batch_size, threads=args.threads,
+                          log=log)
+        print(format_scaling(rep), end="")
     else:
-        rep = bench.run_bench(pairs, methods=_csv(args.methods), precisions=_csv(args.amp),
-                              batch_size=args.batch_size, device=args.device, steps=args.steps,
-                              warmup=args.warmup, repeats=args.repeats,
-                              isolate=False if args.no_isolate else None, count_flops=not args.no_flops,
-                              peak_gflops=args.peak_gflops, threads=args.threads, log=log)
-        print(bench.format_table(rep), end="")
+        rep = run_bench(pairs, methods=_csv(args.methods), precisions=_csv(args.amp),
+                        batch_size=args.batch_size, device=args.device, steps=args.steps,
+                        warmup=args.warmup, repeats=args.repeats, isolate=False if args.no_isolate else None,
+                        count_flops=not args.no_flops, peak_gflops=args.peak_gflops, threads=args.threads,
+                        log=log)
+        print(format_table(rep), end="")
     if args.json:
-        bench.write_json(args.json, rep)
+        write_json(args.json, rep)
     return 0

@@ -1,0 +1,95 @@
+"""The measurement package ``benchmarks/``: one entry (``python -m benchmarks <job>``), run from the checkout
+without any ``sys.path`` edit, the bench's own precision names, and nothing of it in the installed CLI."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import benchmarks
+from benchmarks.__main__ import JOBS
+from benchmarks.__main__ import main as entry
+from benchmarks.bench import NAMES, PRECISIONS, default_precision, name_of, precision_of
+from semckd.precision import Precision
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_job_is_a_module_with_main_and_listed_in_the_usage(capsys):
+    assert entry([]) == 0
+    out = capsys.readouterr().out
+    for job, (module, line) in JOBS.items():
+        assert callable(importlib.import_module(module).main), job
+        assert re.search(rf"^  {job} +{re.escape(line)}$", out, re.M), job
+    # every script under benchmarks/ with a main() is reachable through the entry
+    scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py")
+               if p.stem != "__main__" and re.search(r"^def main\(", p.read_text(), re.M)}
+    assert scripts == {m.rsplit(".", 1)[1] for m, _ in JOBS.values()} - {"cli"}
+
+
+def test_unknown_job_is_one_line_with_the_close_match(capsys):
+    assert entry(["protcol"]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert "unknown job 'protcol'; did you mean 'protocol'?" in err
+
+
+def test_benchmarks_and_semckd_from_different_checkouts_refuse(monkeypatch, capsys):
+    import semckd
+
+    monkeypatch.setattr(semckd, "__file__", "/elsewhere/semckd/__init__.py")
+    assert entry(["protocol", "--table", "short", "--report"]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert "semckd from /elsewhere" in err and f"PYTHONPATH={ROOT}" in err
+
+
+def test_the_entry_runs_from_the_checkout_root_as_a_command():
+    p = subprocess.run([sys.executable, "-m", "benchmarks", "bench", "--help"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("usage: python -m benchmarks bench") and "--scaling" in p.stdout
+    assert Path(benchmarks.__file__).resolve().parent == ROOT / "benchmarks"
+
+
+def test_the_installed_cli_has_no_bench_command(capsys):
+    from semckd.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--pairs", "fmnist"])
+    assert e.value.code == 2 and "invalid choice: 'bench'" in capsys.readouterr().err
+
+
+def test_no_import_path_edits_in_benchmarks_tests_or_scripts():
+    """The checkout root is on the path through ``python -m`` (cwd) or pytest's ``pythonpath``; a module
+    that edits ``sys.path`` would import a different checkout's code than the one it reports."""
+    edit = re.compile(r"sys\.path\s*(\.(insert|append|extend|remove)|\[[^\]]*\]\s*=|\+=|=)")
+    hits = [f"{p.relative_to(ROOT)}:{i}" for folder in ("benchmarks", "tests", "scripts")
+            for p in (ROOT / folder).rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if edit.search(line)]
+    assert hits == []
+
+
+def test_bench_precision_names_map_onto_the_librarys_precision(monkeypatch):
+    from semckd import precision
+
+    cpu = torch.device("cpu")
+    assert PRECISIONS == tuple(NAMES) == ("fp32", "fp32-cl", "bf16", "bf16-cl", "fp16")
+    for name, (amp, cl) in NAMES.items():
+        p = precision_of(name, cpu)
+        assert (p.amp, p.channels_last, name_of(p)) == (amp, cl, name)
+    assert name_of(precision_of("bf16-emulated", cpu)) == "bf16-emulated"  # the engine's name passes
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.delenv("SEMCKD_AMP", raising=False)
+    auto = precision_of("auto", cpu)
+    assert auto == Precision.resolve("auto", None, cpu) and default_precision(cpu) == "bf16-cl"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert default_precision(cpu) == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp8'; choose from auto, fp32"):
+        precision_of("fp8", cpu)
+    for gone in ("BENCH_ALIASES", "from_alias", "alias"):  # the library keeps only amp + channels_last
+        assert not hasattr(precision, gone) and not hasattr(Precision, gone)
