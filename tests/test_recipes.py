@@ -1,5 +1,6 @@
-"""The YAML recipes under configs/: complete, generated from one table, faithful to the source each cites,
-and validated by the CLI's loader (a misspelt method or option fails at load, it is never skipped)."""
+"""The YAML recipes under configs/: complete, generated from one table (benchmarks/recipes.yaml), faithful
+to the source each cites, and validated by the CLI's loader (a misspelt method or option fails at load, it
+is never skipped)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from semckd.config import check_source, resolve_config
+from semckd.config import check_source, default_lr, resolve_config
 from semckd.errors import UserError
 from semckd.methods import BuildContext, build_distiller, get_method, method_options
 from semckd.models import create_model, list_models
@@ -78,6 +79,26 @@ def test_recipes_and_docs_table_match_the_generator(tmp_path):
     subprocess.run([sys.executable, str(script), "--root", str(tmp_path)], check=True, capture_output=True)
     assert _ids(sorted((tmp_path / "configs").glob("*/*/*.yaml")), tmp_path) == _ids(RECIPES)
     assert (tmp_path / "docs" / "recipes.md").read_text() == (ROOT / "docs" / "recipes.md").read_text()
+
+
+def test_the_table_is_data_rendered_with_the_librarys_rules(monkeypatch):
+    """The recipes come from benchmarks/recipes.yaml; ``lr: default`` is the library's own per-student
+    rule (semckd.config.default_lr), so the recipes follow it rather than a copy of it."""
+    from benchmarks import make_recipes
+
+    table = make_recipes.load_table()
+    r = make_recipes.recipe(table, "cifar100", "wrn_40_2", "mobilenetv2", "semckd")
+    assert r["lr"] == default_lr("mobilenetv2") == 0.01 and r == _recipe("wrn_40_2_mobilenetv2", "semckd")
+    monkeypatch.setattr(make_recipes, "default_lr", lambda model: 0.123)
+    assert make_recipes.recipe(table, "cifar100", "vgg13", "vgg8", "kd")["lr"] == 0.123
+    assert make_recipes.recipe(table, "cifar100", "vgg13", "vgg8", "reviewkd")["lr"] == 0.1  # its source's
+    # a number added to the table reaches the recipe, with its citation
+    table["reported"]["vgg13_vgg8"]["hkd"] = [70.5, "CRD"]
+    rep = make_recipes.recipe(table, "cifar100", "vgg13", "vgg8", "hkd")["reported"]
+    assert rep["top1"] == 70.5 and rep["source"] == table["citations"]["CRD"] and "PKT" in rep["note"]
+    del table["recipes"]["vanilla"]["cases"][-1]  # only an ImageNet case left
+    with pytest.raises(ValueError, match="no case of recipe 'vanilla' holds for cifar100 vgg13_vgg8"):
+        make_recipes.recipe(table, "cifar100", "vgg13", "vgg8", "vanilla")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=_ids(RECIPES))
