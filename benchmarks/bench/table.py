@@ -127,7 +127,8 @@ def format_table(report: dict[str, Any]) -> str:
              f"{s['warmup']} warm-up steps, then median of {s['repeats']} × {s['steps']} steps.",
              "One step = teacher forward + student forward/backward + method losses + SGD step; "
              "reference = SemCKD with the authors'-style per-pair-loop criterion (fp32).",
-             f"Memory: {rows[0]['mem_kind'] if rows else ''} (see `semckd bench --help`); saved = "
+             f"Memory: {rows[0]['mem_kind'] if rows else ''} (see `python -m benchmarks bench --help`); "
+             "saved = "
              "activations autograd keeps for backward in one step (exact, excludes parameters and inputs); "
              "ratios are reference / SemCKD (> 1: SemCKD uses less)."]
     if peak:
