@@ -123,4 +123,3 @@ def main(argv: list[str] | None = None) -> int:
 
     _run(_semckd(["report", *map(str, runs), "--out", str(out / "table.md")]), args.dry_run)
     return 0
-

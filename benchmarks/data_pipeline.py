@@ -79,4 +79,3 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{k:28s} {v}")
     print(json.dumps(result))
     return result
-

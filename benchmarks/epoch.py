@@ -177,4 +177,3 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
-

@@ -489,4 +489,3 @@ def main(argv: list[str] | None = None, *, make_plan: Callable[[Context], list[S
     summary = build_summary(results, {"machine": machine, "data": data_note, "out": str(out)})
     print("\n" + write_summary(summary, out))
     return 0 if summary["ok"] else 1
-

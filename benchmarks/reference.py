@@ -199,4 +199,3 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in res.items():
         print(f"{k:18s} {v['min_s']:10.3f} {v['median_s']:10.3f} {v['cpu_s']:10.3f} {v['steps_per_s']:10.3f} "
               f"{v['speedup']:9.2f}x {v['rel_loss_diff']:10.1e}")
-

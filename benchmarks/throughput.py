@@ -45,4 +45,3 @@ def main(argv: list[str] | None = None) -> int:
     bench.write_json(args.out, rep)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
