@@ -22,8 +22,7 @@ from engine_helpers import make_fashion_mnist
 from torch import nn
 
 from semckd.cli import main
-from semckd.config import resolve_config
-from semckd.config import check_method
+from semckd.config import check_method, resolve_config
 from semckd.features import FeatureTap, discover_head, model_layout
 from semckd.methods import BuildContext, build_distiller
 from semckd.models import create_model, list_models
