@@ -11,7 +11,7 @@ import pytest
 
 from semckd.cli import main
 from semckd.methods import Distiller, get_method, list_methods
-from semckd.methods.options import Weight, is_declared
+from semckd.methods.options import Weight, check_value, is_declared
 from semckd.methods.registry import check_options, option_specs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +35,11 @@ def test_the_declaration_check_catches_an_untyped_or_unbounded_option() -> None:
                      d: Weight = 1.0, e: bool = False, **kw) -> None:  # pragma: no cover - never built
             super().__init__(student, teacher, ctx, **kw)
 
-    import semckd.methods.registry as registry
-
-    Untyped.name = "_untyped"
-    registry._METHODS["_untyped"] = Untyped
-    try:
-        specs = option_specs("_untyped")
-        assert {k for k, s in specs.items() if not is_declared(s.annotation)} == {"a", "b", "c"}
-        assert check_options("_untyped", {"a": [1]}) == {"a": [1]}  # undeclared: passed as given
-    finally:
-        del registry._METHODS["_untyped"]
+    specs = option_specs(Untyped)  # not registered: the class itself
+    assert {k for k, s in specs.items() if not is_declared(s.annotation)} == {"a", "b", "c"}
+    assert check_value(specs["a"], [1]) == [1]  # undeclared: passed as given
+    with pytest.raises(ValueError, match="option 'd' expects a number >= 0"):
+        check_value(specs["d"], -1.0)
 
 
 @pytest.mark.parametrize("spec, opts, message", [

@@ -68,11 +68,13 @@ def get_method(name: str) -> type[Distiller]:
     return _METHODS[name]
 
 
-def option_specs(name: str) -> dict[str, OptionSpec]:
-    """The options a method accepts: keyword-only constructor arguments of the class and its Distiller
-    bases (a leading ``_`` marks an internal argument), each with its annotation — type and range, see
-    :mod:`semckd.methods.options` — and default. A subclass's annotation and default win."""
-    cls = get_method(name)
+def option_specs(method: str | type[Distiller]) -> dict[str, OptionSpec]:
+    """The options a method (a registered name, or a class not registered yet) accepts: keyword-only
+    constructor arguments of the class and its Distiller bases (a leading ``_`` marks an internal
+    argument), each with its annotation — type and range, see :mod:`semckd.methods.options` — and
+    default. A subclass's annotation and default win."""
+    cls = get_method(method) if isinstance(method, str) else method
+    name = cls.name
     out: dict[str, OptionSpec] = {}
     for klass in reversed(cls.__mro__):
         if klass is object or not issubclass(klass, Distiller) or "__init__" not in vars(klass):
