@@ -440,7 +440,7 @@ def resolve_config(
     if kind == "teacher" and "method" not in explicit:
         values["method"] = BASELINE_METHOD
     cfg = TrainConfig(kind=kind, **values)
-    check_method(cfg.method, cfg.method_args)
+    cfg.method_args = check_method(cfg.method, cfg.method_args)
     if cfg.lr is None and cfg.model:
         cfg.lr = default_lr(cfg.model)
     if not cfg.out and cfg.model:
@@ -450,36 +450,19 @@ def resolve_config(
     return cfg, explicit
 
 
-def check_method(spec: str, method_args: dict[str, Any]) -> None:
-    """Reject an unknown method name or option at load time (a misspelt recipe fails before training)."""
-    from .methods import list_methods, method_options  # local: methods pull in torch models
+def check_method(spec: str, method_args: Any) -> dict[str, Any]:
+    """The method spec and its options checked at load time, so a misspelt or mistyped recipe fails in
+    one line before anything is built or written: every method and option name (with a close match),
+    every value against the type and range its method's signature declares. The rule itself is
+    :func:`semckd.methods.registry.check_options`; this is its door for YAML ``method_args``,
+    ``--method-args``, ``--set method_args.x=`` and ``semckd sweep --grid`` values alike. Returns the
+    options as the methods take them (e.g. YAML's string ``1e3`` → ``1000.0``)."""
+    from .methods.registry import check_options  # local: methods pull in torch models
 
-    names = [n.strip() for n in spec.split("+")]
-    known = list_methods()
-    for n in names:
-        if n not in known:
-            close = difflib.get_close_matches(n, known, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(known)}"
-            raise UserError(f"unknown method {n!r} in --method {spec!r}; {hint}")
-
-    def check(name: str, opts: Any, where: str) -> None:
-        if not isinstance(opts, dict):
-            raise UserError(f"{where} must be a mapping of option: value, got {opts!r}")
-        valid = sorted(method_options(name))
-        for k in opts:
-            if k not in valid:
-                close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.6)
-                hint = f"did you mean '{close[0]}'?" if close else f"valid options: {', '.join(valid)}"
-                raise UserError(f"method {name!r} has no option {k!r} ({where}); {hint}")
-
-    if len(names) == 1:
-        check(names[0], method_args, "method_args")
-        return
-    for k, sub in method_args.items():
-        if k not in names:
-            raise UserError(f"method_args of the combination {spec!r} are keyed by method name "
-                            f"({', '.join(names)}); got {k!r}")
-        check(k, sub, f"method_args.{k}")
+    try:
+        return check_options(spec, method_args)
+    except ValueError as e:
+        raise UserError(f"{e} (--method {spec!r})" if "unknown method" in str(e) else str(e)) from None
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], ignore: frozenset[str] = RESUMABLE_KEYS) -> list[str]:

@@ -16,7 +16,6 @@ stopped after epoch k and resumed ends with the same weights, bit for bit, as an
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import math
 import os
@@ -137,37 +136,6 @@ def lr_factor(epoch_index: int, cfg: TrainConfig) -> float:
     if cfg.warmup_epochs and epoch_index < cfg.warmup_epochs:
         f *= (epoch_index + 1) / cfg.warmup_epochs
     return f
-
-
-def _method_names(spec: str) -> list[str]:
-    from .methods.registry import method_names
-
-    return method_names(spec)
-
-
-def _check_method_args(spec: str, args: dict[str, Any]) -> None:
-    """Reject unknown method options by name with a close match (before any model is built)."""
-    from .methods import get_method, method_options
-
-    names = _method_names(spec)
-    for n in names:
-        get_method(n)  # unknown method → ValueError listing valid ones
-    groups = [(names[0], args)] if len(names) == 1 else []
-    if len(names) > 1:
-        for k, v in args.items():
-            if k not in names:
-                raise UserError(f"options for {spec!r} are keyed by method name ({', '.join(names)}), e.g. "
-                                f"--method-args {names[0]}.{k}=...; got {k!r}")
-            if not isinstance(v, dict):
-                raise UserError(f"--method-args {k}=... must hold that method's options (e.g. {k}.beta=1)")
-            groups.append((k, v))
-    for n, opts in groups:
-        valid = sorted(method_options(n))
-        for k in opts:
-            if k not in valid:
-                close = difflib.get_close_matches(k, valid, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"valid options: {', '.join(valid)}"
-                raise UserError(f"method {n!r} has no option {k!r}; {hint}")
 
 
 def _needs_teacher(spec: str) -> bool:
@@ -384,8 +352,7 @@ class _Trainer:
         from .methods.registry import any_batch_size_hint, needs_full_batches
         from .models import create_model, resolve_model
 
-        spec = cfg.method_spec
-        _check_method_args(spec, cfg.method_args)
+        spec = cfg.method_spec  # its options were checked at config load (config.check_method)
         # a method tied to the batch size (SemCKD's faithful mode) says so before the data is built:
         # its training loader then yields full batches only
         full = needs_full_batches(spec, cfg.method_args)

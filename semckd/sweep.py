@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, _parse_scalar
+from .config import TrainConfig, _parse_scalar, check_method
 from .errors import UserError
 
 __all__ = ["SweepResult", "cell_label", "grid_points", "parse_grid", "plan_cell", "run_sweep", "select_value",
@@ -231,23 +231,20 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]], seeds: Sequence[int
     if train_fn is None:
         from .engine import train as train_fn
     from .atomic import write_text_atomic
-    from .engine import _check_method_args
 
     out = Path(out)
     points = grid_points(grid)
-    for values in points:  # every option name checked before the first run starts
+    cell_args = []
+    for values in points:  # every grid value checked (name, type, range) before the first run starts
         args = base.method_args
         for k, v in values.items():
             args = _set_option(args, k, v)
-        _check_method_args(base.method_spec, args)
+        cell_args.append(check_method(base.method_spec, args))
     records: list[dict[str, Any]] = []
     result = SweepResult(records, summarise(records, points), None, out)
     total = len(points) * len(seeds)
     done = 0
-    for values in points:
-        args = base.method_args
-        for k, v in values.items():
-            args = _set_option(args, k, v)
+    for values, args in zip(points, cell_args, strict=True):
         for seed in seeds:
             done += 1
             run_dir = out / cell_label(values) / f"seed{seed}"

@@ -56,9 +56,11 @@ def test_combined_errors() -> None:
     with pytest.raises(ValueError, match="keyed by method name"):
         build_distiller("at+kd", student, teacher, ctx, {"beta": 1})
     with pytest.raises(ValueError, match="listed twice"):
-        Combined(student, teacher, ctx, methods=["at", "at"], method_options={})
-    with pytest.raises(ValueError, match="not in the combination"):
-        Combined(student, teacher, ctx, methods=["at", "kd"], method_options={"sp": {}})
+        build_distiller("at+at", student, teacher, ctx)
+    with pytest.raises(ValueError, match=r"keyed by method name \(at, kd\).*got 'sp'"):
+        build_distiller("at+kd", student, teacher, ctx, {"sp": {}})
+    with pytest.raises(ValueError, match="option 'beta' expects a number >= 0, got -1"):
+        build_distiller("at+kd", student, teacher, ctx, {"at": {"beta": -1}})
     with pytest.raises(ValueError, match="needs a teacher"):
         build_distiller("at+kd", student, None, ctx)
     with pytest.raises(ValueError, match="same layers"):
@@ -78,10 +80,9 @@ class _Extra(Distiller):
 
     name = "_test_extra"
 
-    def __init__(self, student, teacher, ctx, *, batch: int | None = None, **kw) -> None:
+    def __init__(self, student, teacher, ctx, *, tied: bool = False, **kw) -> None:
         super().__init__(student, teacher, ctx, **kw)
         self.seen: list = []
-        self._batch = batch
         self.scale = nn.Parameter(torch.ones(()))
 
     def distill_losses(self, s, t, targets, index):
@@ -96,9 +97,9 @@ class _Extra(Distiller):
     def pop_summary(self) -> dict:
         return {"attention": [[1.0]], "count": len(self.seen)}
 
-    @property
-    def fixed_batch_size(self) -> int | None:
-        return self._batch
+    @classmethod
+    def needs_full_batches(cls, options) -> bool:
+        return bool(options.get("tied"))
 
 
 class _Extra2(_Extra):
@@ -116,10 +117,10 @@ def test_combined_rejects_forward_changers_and_merges_hooks(monkeypatch: pytest.
     with pytest.raises(ValueError, match="cannot be combined"):
         build_distiller("at+simkd", student, teacher, ctx)
 
-    d = build_distiller("at+_test_extra+dkd", student, teacher, ctx, {"_test_extra": {"batch": 8}})
+    d = build_distiller("at+_test_extra+dkd", student, teacher, ctx, {"_test_extra": {"tied": True}})
     _, losses = d(x, y)
     assert set(losses) == {"ce", "kd", "at_at", "_test_extra_at", "own", "dkd"}
-    assert d.fixed_batch_size == 8
+    assert d.fixed_batch_size == ctx.batch_size  # one member tied to the batch size ties the combination
     d.on_epoch_start(10)
     assert d.parts["dkd"].epoch.item() == 10 and d.parts["_test_extra"].seen == [("epoch", 10)]
     d.observe(x, y)
@@ -130,9 +131,7 @@ def test_combined_rejects_forward_changers_and_merges_hooks(monkeypatch: pytest.
     assert set(d.pop_summary()) == {"_test_extra_attention", "_test_extra_count", "_test_extra2_attention",
                                     "_test_extra2_count"}
     d.remove_taps()
-    with pytest.raises(ValueError, match="fixed batch sizes"):
-        build_distiller("_test_extra+_test_extra2", student, teacher, ctx,
-                        {"_test_extra": {"batch": 8}, "_test_extra2": {"batch": 16}})
+    assert d.fixed_batch_size is None  # no member declares needs_full_batches
 
 
 def test_combined_state_dict_round_trips_and_trains() -> None:

@@ -50,14 +50,14 @@ def test_reviewkd_warmup_levels_and_resume():
     f_s, f_t = d.levels_pair(so, to)
     assert losses["reviewkd"].item() == pytest.approx(0.25 * hcl_loss(f_s, f_t).item(), rel=1e-5)
     d.on_epoch_start(40)
-    assert d.warmup_factor() == 1.0
+    assert d.ramp(d.warmup_epochs) == 1.0
     # the epoch survives a checkpoint round trip (resume continues the warm-up)
     d.on_epoch_start(7)
     extras = d.extras_state_dict()
     s2, t2, *_ = zoo_pair("resnet8", "resnet8x4", seed=1)
     d2 = build_distiller("reviewkd", s2, t2, zoo_ctx(x))
     d2.load_extras_state_dict(extras)
-    assert d2.warmup_factor() == pytest.approx(7 / 20)
+    assert d2.ramp(d2.warmup_epochs) == pytest.approx(7 / 20)
 
 
 def test_reviewkd_teacher_levels_are_pre_activation_like_the_authors():

@@ -22,8 +22,7 @@ from engine_helpers import make_fashion_mnist
 from torch import nn
 
 from semckd.cli import main
-from semckd.config import resolve_config
-from semckd.engine import _check_method_args
+from semckd.config import check_method, resolve_config
 from semckd.features import FeatureTap, discover_head, model_layout
 from semckd.methods import BuildContext, build_distiller
 from semckd.models import create_model, list_models
@@ -224,8 +223,9 @@ def test_distil_own_models_with_no_options(mod_dir, method, student, teacher) ->
 
 
 def test_head_name_options(mod_dir) -> None:
-    _check_method_args("semckd", {"head_name": "8"})  # was: "method 'semckd' has no option 'head_name'"
-    _check_method_args("semckd+fitnet", {"semckd": {"student_head": "8", "teacher_head": "fc"}})
+    assert check_method("semckd", {"head_name": "8"}) == {"head_name": "8"}  # a head option of every method
+    assert check_method("semckd+fitnet", {"semckd": {"student_head": "8", "teacher_head": "fc"}}) == \
+        {"semckd": {"student_head": "8", "teacher_head": "fc"}}
     ctx = _ctx()
     s, t = mk("sequential"), mk("wide")
     d = build_distiller("fitnet", s, t, ctx, {"head_name": 8})  # both heads; stages still discovered

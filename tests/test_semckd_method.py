@@ -71,7 +71,7 @@ def test_sized_from_probed_stages_after_the_stem() -> None:
 
 
 def test_bad_options_are_rejected() -> None:
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="option 'mode' expects one of faithful, batch_free, got 'loose'"):
         make(mode="loose")
     with pytest.raises(ValueError, match="no option 'alpha'"):
         make(alpha=1.0)

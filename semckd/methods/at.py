@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Positive, Weight
 from .registry import register_method
 
 __all__ = ["AT", "attention_map", "at_loss", "match_spatial", "stage_pairs"]
@@ -61,7 +62,7 @@ class AT(Distiller):
     paper = "Zagoruyko & Komodakis 2017, arXiv:1612.03928"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 1000.0, p: float = 2.0, ce_weight: float = 1.0, kd_weight: float = 1.0,
+                 beta: Weight = 1000.0, p: Positive = 2.0, ce_weight: Weight = 1.0, kd_weight: Weight = 1.0,
                  **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..features import FeatureTap, LayerName, declared_stem, model_layout, unwrap
 from ..precision import state_writes_guard
+from .options import LayerList, Positive, Weight
 
 __all__ = [
     "BuildContext",
@@ -91,8 +92,10 @@ class Distiller(nn.Module):
 
     Subclasses set ``name`` and ``paper`` and override :meth:`distill_losses` (and, only if the method
     changes the forward pass itself, :meth:`forward`). Constructor keyword arguments are the method's
-    options; their defaults are the original paper's / authors' settings, and unknown keys are rejected
-    by :func:`~semckd.methods.build_distiller`.
+    options; their defaults are the original paper's / authors' settings and their annotations declare
+    type and range (``beta: Weight = 400.0``; see :mod:`semckd.methods.options`). Options are checked
+    once, against those annotations, by :func:`~semckd.methods.registry.check_options` (config load and
+    :func:`~semckd.methods.build_distiller`), so a method does not check them again.
 
     The engine calls every hook below on every method; each has a working default, so a method
     overrides only what it uses:
@@ -127,12 +130,12 @@ class Distiller(nn.Module):
         teacher: nn.Module | None,
         ctx: BuildContext,
         *,
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        temperature: float = 4.0,
+        ce_weight: Weight = 1.0,
+        kd_weight: Weight = 0.0,
+        temperature: Positive = 4.0,
         logit_std: bool = False,
-        student_layers: list[LayerName] | None = None,
-        teacher_layers: list[LayerName] | None = None,
+        student_layers: LayerList | None = None,
+        teacher_layers: LayerList | None = None,
         student_head: LayerName | None = None,
         teacher_head: LayerName | None = None,
         head_name: LayerName | None = None,
@@ -173,6 +176,7 @@ class Distiller(nn.Module):
             teacher is not None and self.t_tap is not None
             and _drops_stem(teacher, teacher_layers, self.t_tap))
         self._current_epoch = 0  # no epoch started yet; the engine counts from 1
+        self._fixed_batch_size: int | None = None  # set by build_distiller from needs_full_batches
         self._tracks_epoch = False
         self._state_device = ctx.example_input.device
 
@@ -248,8 +252,10 @@ class Distiller(nn.Module):
 
     @property
     def fixed_batch_size(self) -> int | None:
-        """The batch size the built modules are tied to (see :meth:`needs_full_batches`), else None."""
-        return None
+        """The batch size the built modules are tied to, else None. Not a second declaration: set by
+        :func:`~semckd.methods.build_distiller` to ``ctx.batch_size`` exactly when
+        :meth:`needs_full_batches` says so, the one place that decision is made."""
+        return self._fixed_batch_size
 
     # ------------------------------------------------------------------ hooks (engine calls all of them)
     def on_epoch_start(self, epoch: int) -> None:
@@ -265,6 +271,16 @@ class Distiller(nn.Module):
         """The epoch passed to the last :meth:`on_epoch_start` (0 before any), as a host int, so a
         schedule costs no device sync; restored by ``load_state_dict`` when the epoch is tracked."""
         return self._current_epoch
+
+    def ramp(self, epochs: float) -> float:
+        """The linear warm-up factor ``min(max(epoch, 1) / epochs, 1)`` of :attr:`current_epoch`
+        (1.0 when ``epochs`` is 0): epochs are numbered from 1, as in mdistiller, and an epoch of 0 —
+        before the engine starts the first — counts as the first. The one ramp every method uses
+        (DKD's ``warmup``, ReviewKD's ``warmup_epochs``, SemCKD's ``beta_warmup``); a host float, so
+        it costs no device sync. Call :meth:`track_epoch` so a resumed run continues it."""
+        if epochs <= 0:
+            return 1.0
+        return min(max(self._current_epoch, 1) / epochs, 1.0)
 
     def track_epoch(self) -> None:
         """Keep the epoch in the ``epoch`` buffer too, so it is saved with :meth:`extras_state_dict`

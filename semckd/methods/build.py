@@ -12,7 +12,7 @@ from torch import nn
 
 from .base import BuildContext, Distiller
 from .combine import Combined
-from .registry import check_options, get_method, method_names
+from .registry import check_options, get_method, method_names, needs_full_batches
 
 __all__ = ["build_distiller"]
 
@@ -22,21 +22,16 @@ def build_distiller(spec: str, student: nn.Module, teacher: nn.Module | None, ct
     """Build ``spec`` (``"semckd"`` or a combination ``"semckd+crd"``) with validated options.
 
     For one method, ``options`` is a flat dict of its keyword options. For a combination it maps each
-    method name to its own dict: ``{"semckd": {"beta": 400}, "crd": {"beta": 0.8}}``.
+    method name to its own dict: ``{"semckd": {"beta": 400}, "crd": {"beta": 0.8}}``. The options are
+    checked by :func:`~semckd.methods.registry.check_options` (the one check config load also runs),
+    and ``fixed_batch_size`` is set here from the method's declaration
+    (:meth:`~semckd.methods.base.Distiller.needs_full_batches`): ``ctx.batch_size`` or None.
     """
-    options = dict(options or {})
+    options = check_options(spec, options)
     names = method_names(spec)
-    if not names:
-        raise ValueError("empty method name; e.g. --method semckd")
-    for n in names:
-        get_method(n)
     if len(names) == 1:
-        check_options(names[0], options)
-        return get_method(names[0])(student, teacher, ctx, **options)
-    for k in options:
-        if k not in names:
-            raise ValueError(f"options for a combination are keyed by method name "
-                             f"({', '.join(names)}); got {k!r}")
-    for n in names:
-        check_options(n, options.get(n, {}))
-    return Combined(student, teacher, ctx, methods=names, method_options=options)
+        d = get_method(names[0])(student, teacher, ctx, **options)
+    else:
+        d = Combined(student, teacher, ctx, methods=names, method_options=options)
+    d._fixed_batch_size = ctx.batch_size if needs_full_batches(spec, options) else None
+    return d

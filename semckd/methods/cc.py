@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Count, OneOf, Positive, Range, Weight
 from .registry import register_method
 
 __all__ = ["CC", "cc_loss", "cc_loss_repdistiller", "gaussian_correlation"]
@@ -63,10 +65,10 @@ class CC(Distiller):
     paper = "Peng et al. 2019, arXiv:1904.01802"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 0.02, feat_dim: int = 128, gamma: float = 0.4, order: int = 2,
-                 variant: str = "repdistiller", ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
-        if variant not in VARIANTS:
-            raise ValueError(f"cc variant {variant!r} is unknown; use one of {', '.join(VARIANTS)}")
+                 beta: Weight = 0.02, feat_dim: Count = 128, gamma: Positive = 0.4,
+                 order: Annotated[int, Range(ge=0)] = 2,
+                 variant: Annotated[str, OneOf(VARIANTS)] = "repdistiller",
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta, self.gamma, self.order, self.variant = beta, gamma, order, variant
         s, t = self.probe(ctx.example_input)

@@ -15,7 +15,9 @@ a no-op unless it uses it): ``on_epoch_start``, ``observe`` (only members that o
 ``pop_summary`` (merged like the loss terms) and ``remove_taps``.
 
 A member that changes the forward pass itself (overrides ``forward``, ``student_forward`` or
-``teacher_forward``, e.g. SimKD) cannot share a forward pass and is rejected.
+``teacher_forward``, e.g. SimKD) cannot share a forward pass and is rejected, with every other option
+rule, by :func:`~semckd.methods.registry.check_options` before anything is built. The combination's
+``fixed_batch_size`` is set by ``build_distiller`` like any method's (all members share one batch size).
 """
 
 from __future__ import annotations
@@ -29,22 +31,11 @@ from torch import nn
 
 from ..features import _as_names
 from .base import BuildContext, Distiller, Outputs
-from .registry import check_options, get_method
+from .registry import get_method
 
 __all__ = ["Combined"]
 
 _TAP_OPTIONS = ("student_layers", "teacher_layers", "student_head", "teacher_head", "head_name")
-
-
-def _changes_forward(cls: type[Distiller]) -> str | None:
-    """Which forward-pass method ``cls`` overrides (it then cannot share the combination's pass)."""
-    if cls.forward is not Distiller.forward:
-        return "forward"
-    if cls.student_forward is not Distiller.student_forward:
-        return "student_forward"
-    if cls.teacher_forward is not Distiller.teacher_forward:
-        return "teacher_forward"
-    return None
 
 
 def _merge(parts: Sequence[tuple[str, dict[str, Any]]], reserved: Sequence[str] = ()) -> dict[str, Any]:
@@ -70,24 +61,10 @@ class Combined(Distiller):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
                  methods: list[str], method_options: dict[str, dict[str, Any]] | None = None) -> None:
+        # names, options and combinability were checked by check_options (build_distiller calls it)
         method_options = {k: dict(v) for k, v in (method_options or {}).items()}
         methods = [m.strip() for m in methods]
-        if not methods:
-            raise ValueError("empty method combination; e.g. --method semckd+crd")
-        dup = [m for m, n in Counter(methods).items() if n > 1]
-        if dup:
-            raise ValueError(f"method {dup[0]!r} is listed twice in the combination; list each method once")
-        extra = sorted(set(method_options) - set(methods))
-        if extra:
-            raise ValueError(f"options given for {extra[0]!r}, which is not in the combination "
-                             f"({'+'.join(methods)})")
         classes = [get_method(m) for m in methods]
-        for m, cls in zip(methods, classes, strict=True):
-            changed = _changes_forward(cls)
-            if changed:
-                raise ValueError(f"method {m!r} changes the forward pass ({cls.__name__}.{changed}) and "
-                                 f"cannot be combined with others; run it alone (--method {m})")
-            check_options(m, method_options.get(m, {}))
         # the taps are shared, so members must agree on which layers they watch
         tap_kw: dict[str, Any] = {}
         for key in _TAP_OPTIONS:
@@ -118,21 +95,11 @@ class Combined(Distiller):
             self.kd_weight, self.temperature, self.logit_std = (kd_src.kd_weight, kd_src.temperature,
                                                                 kd_src.logit_std)
 
-        sizes = {p.fixed_batch_size for p in members} - {None}
-        if len(sizes) > 1:
-            raise ValueError(f"combined methods need different fixed batch sizes {sorted(sizes)}; "
-                             "they cannot be trained together")
-        self._fixed_batch_size = sizes.pop() if sizes else None
-
     # ------------------------------------------------------------------ losses
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         per = [(m, p.distill_losses(s, t, targets, index)) for m, p in self.parts.items()]
         return _merge(per, reserved=("ce", "kd"))
-
-    @property
-    def fixed_batch_size(self) -> int | None:
-        return self._fixed_batch_size
 
     # ------------------------------------------------------------------ forwarded hooks
     def remove_taps(self) -> None:

@@ -26,6 +26,7 @@ Differences to the reference code (HobbitLong/RepDistiller ``crd/``), all delibe
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Count, OneOf, Positive, Range, Weight
 from .registry import register_method
 
 __all__ = ["CRD", "MODES", "ContrastMemory", "Embed", "nce_loss"]
@@ -213,17 +215,13 @@ class CRD(Distiller):
     paper = "Tian et al., Contrastive Representation Distillation, ICLR 2020 (arXiv:1910.10699)"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0, beta: float = 0.8, feat_dim: int = 128,
-                 nce_k: int = 16384, nce_t: float = 0.07, nce_m: float = 0.5, mode: str = "exact",
-                 **kw) -> None:
-        if mode not in MODES:
-            raise ValueError(f"crd mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, beta: Weight = 0.8, feat_dim: Count = 128,
+                 nce_k: Count = 16384, nce_t: Positive = 0.07,
+                 nce_m: Annotated[float, Range(ge=0, lt=1)] = 0.5,
+                 mode: Annotated[str, OneOf(MODES)] = "exact", **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         if ctx.num_samples < 2:
             raise ValueError(f"crd needs a training set of at least 2 samples, got {ctx.num_samples}")
-        if feat_dim < 1 or nce_t <= 0 or not 0.0 <= nce_m < 1.0 or nce_k < 1:
-            raise ValueError("crd options out of range: need feat_dim >= 1, nce_k >= 1, nce_t > 0, "
-                             "0 <= nce_m < 1")
         self.beta = beta
         s, t = self.probe(ctx.example_input)
         assert t is not None

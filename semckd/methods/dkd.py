@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs, standardize_logits
+from .options import Epochs, Weight
 from .registry import register_method
 
 __all__ = ["DKD", "dkd_loss"]
@@ -57,22 +58,14 @@ class DKD(Distiller):
     paper = "Zhao et al. 2022, arXiv:2203.08679"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 alpha: float = 1.0, beta: float = 8.0, warmup: int = 20, ce_weight: float = 1.0,
-                 kd_weight: float = 0.0, **kw) -> None:
+                 alpha: Weight = 1.0, beta: Weight = 8.0, warmup: Epochs = 20, ce_weight: Weight = 1.0,
+                 kd_weight: Weight = 0.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
-        if warmup < 0:
-            raise ValueError(f"dkd warmup must be >= 0 epochs; got {warmup}")
         self.alpha, self.beta, self.warmup = alpha, beta, warmup
         self.track_epoch()
-
-    def warmup_factor(self) -> torch.Tensor:
-        """``min(max(epoch, 1) / warmup, 1)`` as a tensor (no host sync in the training step)."""
-        if self.warmup == 0:
-            return torch.ones((), device=self.epoch.device)
-        return (self.epoch.clamp(min=1).float() / self.warmup).clamp(max=1.0)
 
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         assert t is not None
         loss = dkd_loss(s.logits, t.logits, targets, self.alpha, self.beta, self.temperature, self.logit_std)
-        return {"dkd": self.warmup_factor() * loss}
+        return {"dkd": self.ramp(self.warmup) * loss}

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Index, Weight
 from .registry import register_method
 
 __all__ = ["REPDISTILLER_HINT_LAYER", "SEMCKD_HINT_LAYER", "ConvReg", "FitNet"]
@@ -77,8 +78,9 @@ class FitNet(Distiller):
     paper = "Romero et al. 2015, arXiv:1412.6550"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 100.0, hint_layer: int | None = None, teacher_hint_layer: int | None = None,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
+                 beta: Weight = 100.0, hint_layer: Index | None = None,
+                 teacher_hint_layer: Index | None = None,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
         s, t = self.probe(ctx.example_input)

@@ -31,10 +31,13 @@ the recipes do by default) it is a one-pass simplification, documented in ``docs
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import OneOf, Range, Weight
 from .registry import register_method
 
 __all__ = ["HKD", "PAIRINGS", "information_flow_loss"]
@@ -87,11 +90,10 @@ class HKD(Distiller):
              "CVPR 2020 (arXiv:2005.00727)")
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0, beta: float = 1.0,
-                 init_weight: float = 100.0, decay: float = 0.7, critical_period: bool = False,
-                 pairing: str = "first", **kw) -> None:
-        if pairing not in PAIRINGS:
-            raise ValueError(f"hkd pairing {pairing!r} is unknown; use one of {', '.join(PAIRINGS)}")
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, beta: Weight = 1.0,
+                 init_weight: Weight = 100.0, decay: Annotated[float, Range(ge=0, le=1)] = 0.7,
+                 critical_period: bool = False, pairing: Annotated[str, OneOf(PAIRINGS)] = "first",
+                 **kw) -> None:
         self.pairing = pairing
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta

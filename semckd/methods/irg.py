@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Index, Weight
 from .registry import register_method
 
 __all__ = ["IRG", "irg_edges", "irg_graph_loss", "irg_transform_loss"]
@@ -83,10 +84,10 @@ class IRG(Distiller):
     paper = "Liu et al. 2019, CVPR, doi:10.1109/CVPR.2019.00726"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 0.005, w_graph: float = 1.0, w_transform: float = 1.0,
-                 transform_layers: Sequence[int] | None = None,
-                 teacher_transform_layers: Sequence[int] | None = None, edge_transform: bool = True,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
+                 beta: Weight = 0.005, w_graph: Weight = 1.0, w_transform: Weight = 1.0,
+                 transform_layers: list[Index] | None = None,
+                 teacher_transform_layers: list[Index] | None = None, edge_transform: bool = True,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta, self.w_graph, self.w_transform = beta, w_graph, w_transform
         self.edge_transform = edge_transform

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import BuildContext, Distiller
+from .options import Weight
 from .registry import register_method
 
 
@@ -36,5 +37,5 @@ class KD(Distiller):
     paper = "Hinton et al. 2015, arXiv:1503.02531"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Weight
 from .registry import register_method
 
 __all__ = ["PKT", "pkt_loss"]
@@ -41,7 +42,7 @@ class PKT(Distiller):
     paper = "Passalis & Tefas 2018, arXiv:1803.10837"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 30000.0, ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
+                 beta: Weight = 30000.0, ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
 

@@ -7,18 +7,26 @@ answers the engine, the config loader and the exporter need before any model or 
 methods, do they need a teacher, are they tied to the training batch size, is the deployable network
 the bare student. Each of those is a declaration on the method's class, so no code outside a method's
 own file ever tests for a method's name.
+
+:func:`check_options` is the one check of a spec's options (names with a close match, types and ranges
+from the signature, see :mod:`semckd.methods.options`); config load and ``build_distiller`` call it.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import typing
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 from .base import Distiller
+from .options import OptionSpec, check_value
 
 __all__ = [
     "any_batch_size_hint",
+    "changes_forward",
     "check_options",
     "deployable_is_student",
     "get_method",
@@ -26,6 +34,7 @@ __all__ = [
     "method_names",
     "method_options",
     "needs_full_batches",
+    "option_specs",
     "needs_teacher",
     "register_method",
     "split_options",
@@ -46,34 +55,97 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def _close(word: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), valid, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
 def get_method(name: str) -> type[Distiller]:
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(list_methods())} "
+        hint = _close(name, list_methods())
+        raise ValueError(f"unknown method {name!r}; {hint or 'choose one of: ' + ', '.join(list_methods())} "
                          "(combine with '+', e.g. semckd+crd)")
     return _METHODS[name]
 
 
-def method_options(name: str) -> dict[str, Any]:
-    """The options a method accepts, with their defaults (keyword-only constructor arguments of the
-    class and its Distiller bases; a leading ``_`` marks an internal argument)."""
-    cls = get_method(name)
-    out: dict[str, Any] = {}
+def option_specs(method: str | type[Distiller]) -> dict[str, OptionSpec]:
+    """The options a method (a registered name, or a class not registered yet) accepts: keyword-only
+    constructor arguments of the class and its Distiller bases (a leading ``_`` marks an internal
+    argument), each with its annotation — type and range, see :mod:`semckd.methods.options` — and
+    default. A subclass's annotation and default win."""
+    cls = get_method(method) if isinstance(method, str) else method
+    name = cls.name
+    out: dict[str, OptionSpec] = {}
     for klass in reversed(cls.__mro__):
-        if klass is object or not issubclass(klass, Distiller):
+        if klass is object or not issubclass(klass, Distiller) or "__init__" not in vars(klass):
             continue
-        for p in inspect.signature(klass.__init__).parameters.values():
+        init = vars(klass)["__init__"]
+        try:
+            hints = typing.get_type_hints(init, include_extras=True)
+        except (NameError, TypeError):  # an annotation naming something local: those options go unchecked
+            hints = {}
+        for p in inspect.signature(init).parameters.values():
             if p.kind is p.KEYWORD_ONLY and not p.name.startswith("_"):
-                out[p.name] = p.default
+                out[p.name] = OptionSpec(name, p.name, hints.get(p.name), p.default)
     return out
 
 
-def check_options(name: str, opts: Mapping[str, Any]) -> None:
-    """Reject options ``name`` does not accept (a typo must not silently train with a default)."""
-    valid = method_options(name)
-    for k in opts:
-        if k not in valid:
-            raise ValueError(f"method {name!r} has no option {k!r}; "
-                             f"valid options: {', '.join(sorted(valid))}")
+def method_options(name: str) -> dict[str, Any]:
+    """The options a method accepts, with their defaults (see :func:`option_specs`)."""
+    return {k: s.default for k, s in option_specs(name).items()}
+
+
+def changes_forward(cls: type[Distiller]) -> str | None:
+    """Which forward-pass method ``cls`` overrides (it then cannot share a combination's pass)."""
+    for attr in ("forward", "student_forward", "teacher_forward"):
+        if getattr(cls, attr) is not getattr(Distiller, attr):
+            return attr
+    return None
+
+
+def _check_one(name: str, opts: Any, where: str, prefix: str) -> dict[str, Any]:
+    if not isinstance(opts, Mapping):
+        raise ValueError(f"{where} must be a mapping of option: value, got {opts!r}")
+    specs = option_specs(name)
+    out: dict[str, Any] = {}
+    for k, v in opts.items():
+        if k not in specs:
+            hint = _close(str(k), sorted(specs)) or f"valid options: {', '.join(sorted(specs))}"
+            raise ValueError(f"method {name!r} has no option {k!r} ({where}); {hint}")
+        out[k] = check_value(specs[k], v, prefix)
+    return out
+
+
+def check_options(spec: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options of ``spec`` checked once: every method name known, every option name known (with a
+    close match), every value of its declared type and range. A combination's options are keyed by
+    member. Returns them as the methods take them (``"1e3"`` → ``1000.0``, see
+    :func:`~semckd.methods.options.check_value`); raises a one-line ``ValueError`` otherwise."""
+    names = method_names(spec)
+    if not names:
+        raise ValueError("empty method name; e.g. --method semckd")
+    for n in names:
+        get_method(n)
+    options = {} if options is None else options
+    if len(names) == 1:
+        return _check_one(names[0], options, "method_args", "")
+    dup = [m for m, c in Counter(names).items() if c > 1]
+    if dup:
+        raise ValueError(f"method {dup[0]!r} is listed twice in the combination; list each method once")
+    for n in names:
+        changed = changes_forward(get_method(n))
+        if changed:
+            raise ValueError(f"method {n!r} changes the forward pass ({get_method(n).__name__}.{changed}) "
+                             f"and cannot be combined with others; run it alone (--method {n})")
+    if not isinstance(options, Mapping):
+        raise ValueError(f"method_args must be a mapping of method: options, got {options!r}")
+    out: dict[str, Any] = {}
+    for k, sub in options.items():
+        if k not in names:
+            raise ValueError(f"options for the combination {spec!r} are keyed by method name "
+                             f"({', '.join(names)}), e.g. --method-args {names[0]}.{k}=...; got {k!r}")
+        out[k] = _check_one(k, sub, f"method_args.{k}", f"{k}.")
+    return out
 
 
 # ---------------------------------------------------------------------- specs: "a" or "a+b"

@@ -25,12 +25,15 @@ documented in ``docs/methods.md``: when the two networks have different numbers 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..features import FeatureTap, unwrap
 from .base import BuildContext, Distiller, Outputs
+from .options import Count, Range, Weight
 from .registry import register_method
 
 __all__ = ["ABF", "ReviewKD", "hcl_loss"]
@@ -93,9 +96,9 @@ class ReviewKD(Distiller):
     paper = "Chen et al., Distilling Knowledge via Knowledge Review, CVPR 2021 (arXiv:2104.09044)"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 ce_weight: float = 1.0, kd_weight: float = 0.0, beta: float = 1.0,
-                 warmup_epochs: float = 20.0, max_mid_channels: int = 512, teacher_preact: bool = True,
-                 **kw) -> None:
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, beta: Weight = 1.0,
+                 warmup_epochs: Annotated[float, Range(ge=0)] = 20.0, max_mid_channels: Count = 512,
+                 teacher_preact: bool = True, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.teacher_preact = teacher_preact
         preact_names = getattr(unwrap(teacher), "preact_stage_names", None) if teacher is not None else None
@@ -104,9 +107,6 @@ class ReviewKD(Distiller):
         self._t_preact_tap: FeatureTap | None = None
         if teacher_preact and preact_names and self.stem_dropped[1]:
             self._t_preact_tap = FeatureTap(teacher, list(preact_names), detach=True)
-        if warmup_epochs < 0 or max_mid_channels < 1:
-            raise ValueError("reviewkd options out of range: need warmup_epochs >= 0 and "
-                             "max_mid_channels >= 1")
         self.beta = beta
         self.warmup_epochs = warmup_epochs
         self.track_epoch()  # a resumed run continues the warm-up
@@ -153,13 +153,8 @@ class ReviewKD(Distiller):
         if self._t_preact_tap is not None:
             self._t_preact_tap.remove()
 
-    def warmup_factor(self) -> float:
-        if self.warmup_epochs <= 0:
-            return 1.0
-        return min(1.0, self.current_epoch / self.warmup_epochs)
-
     def distill_losses(self, s: Outputs, t: Outputs | None, targets: torch.Tensor,
                        index: torch.Tensor | None) -> dict[str, torch.Tensor]:
         assert t is not None
         f_s, f_t = self.levels_pair(s, t)
-        return {"reviewkd": self.beta * self.warmup_factor() * hcl_loss(f_s, f_t)}
+        return {"reviewkd": self.beta * self.ramp(self.warmup_epochs) * hcl_loss(f_s, f_t)}

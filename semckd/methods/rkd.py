@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Weight
 from .registry import register_method
 
 __all__ = ["RKD", "pairwise_distance", "rkd_angle_loss", "rkd_distance_loss"]
@@ -61,8 +62,8 @@ class RKD(Distiller):
     paper = "Park et al. 2019, arXiv:1904.05068"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 1.0, w_d: float = 25.0, w_a: float = 50.0, ce_weight: float = 1.0,
-                 kd_weight: float = 1.0, **kw) -> None:
+                 beta: Weight = 1.0, w_d: Weight = 25.0, w_a: Weight = 50.0, ce_weight: Weight = 1.0,
+                 kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta, self.w_d, self.w_a = beta, w_d, w_a
 

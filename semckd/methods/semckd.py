@@ -10,13 +10,14 @@ method shares); layers named explicitly (``student_layers=`` / ``teacher_layers=
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..semckd import ATTENTIONS, MODES, SemCKD, softmax_box
 from .base import BuildContext, Distiller, Outputs
+from .options import Count, Epochs, OneOf, Positive, Weight
 from .registry import register_method
 
 __all__ = ["SemCKDDistiller"]
@@ -55,19 +56,12 @@ class SemCKDDistiller(Distiller):
         return options.get("mode", "faithful") == "faithful"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 400.0, mode: str = "faithful", factor: int = 4, beta_warmup: int = 0,
-                 torch_compile: bool = False, attention: str = "learned", attention_temperature: float = 1.0,
-                 ce_weight: float = 1.0, kd_weight: float = 1.0, temperature: float = 4.0, **kw: Any) -> None:
-        if mode not in MODES:
-            raise ValueError(f"semckd mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"semckd attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
-        if (isinstance(attention_temperature, bool) or not isinstance(attention_temperature, (int, float))
-                or not attention_temperature > 0 or attention_temperature == float("inf")):
-            raise ValueError(f"semckd attention_temperature must be a number > 0 (e.g. 0.5), "
-                             f"got {attention_temperature!r}")
-        if int(beta_warmup) != beta_warmup or beta_warmup < 0:
-            raise ValueError(f"semckd beta_warmup must be a whole number of epochs >= 0, got {beta_warmup!r}")
+                 beta: Weight = 400.0, mode: Annotated[str, OneOf(MODES)] = "faithful", factor: Count = 4,
+                 beta_warmup: Epochs = 0, torch_compile: bool = False,
+                 attention: Annotated[str, OneOf(ATTENTIONS)] = "learned",
+                 attention_temperature: Positive = 1.0,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, temperature: Positive = 4.0,
+                 **kw: Any) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight,
                          temperature=temperature, **kw)
         assert teacher is not None and self.t_tap is not None
@@ -94,10 +88,12 @@ class SemCKDDistiller(Distiller):
             self.track_epoch()
 
     def beta_factor(self) -> torch.Tensor | float:
-        """``min(max(epoch, 1) / beta_warmup, 1)`` (1 without a ramp); a tensor, so no host sync."""
+        """:meth:`~Distiller.ramp` of ``beta_warmup`` (1.0 without a ramp). During a ramp it is a 0-dim
+        float32 CPU tensor (no device sync), so ``beta · factor`` is rounded in float32 as it always was
+        and the ramp's numbers are unchanged."""
         if not self.beta_warmup:
             return 1.0
-        return (self.epoch.clamp(min=1).float() / self.beta_warmup).clamp(max=1.0)
+        return torch.tensor(self.ramp(self.beta_warmup), dtype=torch.float32)
 
     def layers(self, s: Outputs, t: Outputs) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The (student, teacher) maps SemCKD matches: stages after the stem, or every named layer."""
@@ -108,10 +104,6 @@ class SemCKDDistiller(Distiller):
         assert t is not None
         loss, _ = self.semckd(*self.layers(s, t))
         return {"semckd": self.beta * self.beta_factor() * loss}
-
-    @property
-    def fixed_batch_size(self) -> int | None:
-        return self.semckd.batch_size if self.mode == "faithful" else None
 
     # ------------------------------------------------------------------ attention logging
     @torch.no_grad()

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..features import unwrap
 from .base import BuildContext, Distiller, Outputs
+from .options import Count, Weight
 from .registry import register_method
 
 __all__ = ["SimKD", "SimKDProjector", "SimKDStudent"]
@@ -112,11 +113,9 @@ class SimKD(Distiller):
     deployable_is_student = False  # it answers through the projector and the teacher's classifier
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 ce_weight: float = 0.0, kd_weight: float = 0.0, beta: float = 1.0, factor: int = 2,
+                 ce_weight: Weight = 0.0, kd_weight: Weight = 0.0, beta: Weight = 1.0, factor: Count = 2,
                  **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
-        if factor < 1:
-            raise ValueError(f"simkd factor must be >= 1 (the paper uses 2), got {factor}")
         assert teacher is not None
         self.beta = beta
         t_head = dict(unwrap(teacher).named_modules())[self.t_head_name]

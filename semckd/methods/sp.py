@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import BuildContext, Distiller, Outputs
+from .options import Weight
 from .registry import register_method
 
 __all__ = ["SP", "sp_loss"]
@@ -37,7 +38,7 @@ class SP(Distiller):
     paper = "Tung & Mori 2019, arXiv:1907.09682"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 3000.0, ce_weight: float = 1.0, kd_weight: float = 1.0, **kw) -> None:
+                 beta: Weight = 3000.0, ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from torch import nn
 
 from .at import match_spatial, stage_pairs
 from .base import BuildContext, Distiller, Outputs
+from .options import Range, Weight
 from .registry import register_method
 
 __all__ = ["VID", "VIDRegressor", "vid_nll"]
@@ -59,8 +61,8 @@ class VID(Distiller):
     paper = "Ahn et al. 2019, arXiv:1904.05835"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: float = 1.0, init_pred_var: float = 5.0, ce_weight: float = 1.0,
-                 kd_weight: float = 1.0, **kw) -> None:
+                 beta: Weight = 1.0, init_pred_var: Annotated[float, Range(gt=1e-5)] = 5.0,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
         assert teacher is not None and self.t_tap is not None
