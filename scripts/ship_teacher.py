@@ -23,10 +23,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from semckd.checkpoint import atomic_save, atomic_write_text, load_checkpoint  # noqa: E402
+from semckd.atomic import write_text_atomic  # noqa: E402
+from semckd.checkpoint import atomic_save  # noqa: E402
 from semckd.commands.demo import TEACHER_NAME, WEIGHTS_DIR  # noqa: E402
 from semckd.data.download import file_sha256  # noqa: E402
-from semckd.engine import evaluate_checkpoint  # noqa: E402
+from semckd.evaluate import evaluate_checkpoint  # noqa: E402
+from semckd.runfolder import load_checkpoint  # noqa: E402
 
 KEEP = ("format", "kind", "model", "num_classes", "in_channels", "dataset", "epoch", "best_acc", "config")
 
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                          "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads",
                          "commit": commit},
     }
-    atomic_write_text(WEIGHTS_DIR / f"{args.name}.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomic(WEIGHTS_DIR / f"{args.name}.json", json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
 

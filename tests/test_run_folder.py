@@ -15,8 +15,9 @@ from engine_helpers import (
 )
 
 from semckd.cli import main
-from semckd.engine import _Metrics, evaluate_checkpoint
+from semckd.evaluate import evaluate_checkpoint
 from semckd.report import build_report, group_runs, load_run
+from semckd.runfolder import MetricsLog
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,7 +53,7 @@ def test_poisoned_state_is_never_called_a_good_checkpoint(setup, capsys):
 
 
 def test_metrics_jsonl_is_strict_json_and_readers_take_null(tmp_path):
-    m = _Metrics(tmp_path, True, False, None)
+    m = MetricsLog(tmp_path, True, False, None)
     m.write({"epoch": 1, "test_loss": float("nan"), "test_acc": 10.0, "extras": {"a": [float("inf"), 1.0]}})
     line = (tmp_path / "metrics.jsonl").read_text()
 

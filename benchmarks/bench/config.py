@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from semckd.errors import UserError
+from semckd.device import resolve_device  # noqa: F401  (the library's one device rule; the bench jobs import it from here)
 from semckd.precision import BENCH_ALIASES, Precision
 
 # name → (student, teacher, input size, in channels, classes)
@@ -31,14 +31,6 @@ def default_precision(device: torch.device) -> str:
     """The bench precision matching what training uses by default on ``device`` (``amp="auto"``, and the
     memory format that precision defaults to): :meth:`Precision.from_alias` of ``auto``, by its name."""
     return Precision.from_alias("auto", device).alias
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return dev
 
 @dataclass
 class BenchConfig:
