@@ -229,7 +229,8 @@ def cell_path(method: str, values: dict[str, Any], seed: int) -> Path:
 
 def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, Any], seed: int,
              out_dir: Path, results: Path, info: dict[str, Any]) -> dict[str, Any]:
-    from semckd.engine import NonFiniteLossError, train
+    from semckd.engine import train
+    from semckd.finite import NonFiniteLossError
 
     label = cell_label(values) or "default"
     run_dir = out_dir / name / cell_path(method, values, seed)

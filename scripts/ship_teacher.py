@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 
-from semckd.checkpoint import atomic_save, atomic_write_text, load_checkpoint
+from semckd.atomic import write_text_atomic
+from semckd.checkpoint import atomic_save
 from semckd.commands.demo import TEACHER_NAME, WEIGHTS_DIR
 from semckd.data.download import file_sha256
-from semckd.engine import evaluate_checkpoint
+from semckd.evaluate import evaluate_checkpoint
+from semckd.runfolder import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                          "machine": f"{platform.machine()}, {torch.get_num_threads()} CPU threads",
                          "commit": commit},
     }
-    atomic_write_text(WEIGHTS_DIR / f"{args.name}.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomic(WEIGHTS_DIR / f"{args.name}.json", json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["FAULT_ENV", "atomic_path", "atomic_write", "fault_point", "is_temp_of", "write_text_atomic"]
+__all__ = ["FAULT_ENV", "atomic_copy", "atomic_path", "atomic_write", "fault_point", "is_temp_of",
+           "write_text_atomic"]
 
 FAULT_ENV = "SEMCKD_FAULT"
 _fault_counts: dict[str, int] = {}
@@ -93,3 +95,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *,
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` atomically."""
+    def write(f: IO[bytes]) -> None:
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, length=1 << 20)
+
+    atomic_write(dst, write)

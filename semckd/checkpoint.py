@@ -3,38 +3,28 @@
 Everything is saved as tensors and plain Python values so ``torch.load(weights_only=True)`` can read
 it back: loading a checkpoint must never execute code from the file. Writes go through the one atomic
 writer (:mod:`semckd.atomic`), so a crash or a full disk mid-save leaves the previous checkpoint intact
-instead of a truncated one. Loading (:func:`load_checkpoint`), the checkpoint format and the prefix
-stripping live in :mod:`semckd.runfolder`, the module that owns run-folder files; they are re-exported
-here for API stability.
+instead of a truncated one. Loading (``load_checkpoint``), the checkpoint format and the prefix
+stripping live in :mod:`semckd.runfolder`, the module that owns run-folder files.
 """
 
 from __future__ import annotations
 
 import random
 import re
-import shutil
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .atomic import FAULT_ENV, atomic_path, atomic_write, fault_point, is_temp_of, write_text_atomic
+from .atomic import atomic_write
 from .errors import UserError
 from .runfolder import FORMAT, load_checkpoint, strip_wrapper_prefixes
 
 __all__ = [
-    "FAULT_ENV",
-    "FORMAT",
-    "atomic_copy",
-    "atomic_path",
     "atomic_save",
-    "atomic_write_text",
     "capture_rng",
-    "fault_point",
     "head_of",
-    "is_temp_of",
-    "load_checkpoint",
     "load_state_dict_checked",
     "load_teacher",
     "restore_rng",
@@ -45,18 +35,6 @@ __all__ = [
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that either fully replaces ``path`` or leaves it untouched."""
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-atomic_write_text = write_text_atomic  # the same writer under its older name here
-
-
-def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    """Copy ``src`` to ``dst`` atomically."""
-    def write(f: IO[bytes]) -> None:
-        with open(src, "rb") as s:
-            shutil.copyfileobj(s, f, length=1 << 20)
-
-    atomic_write(dst, write)
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -35,19 +35,9 @@ from .defaults import BASELINE_METHOD
 from .errors import UserError
 from .runfolder import checkpoint_meta, load_training_checkpoint, read_metrics, strip_wrapper_prefixes
 
-__all__ = ["ALL_FORMATS", "ExportResult", "build_deployable", "export_checkpoint", "is_composite",
-           "load_checkpoint"]
+__all__ = ["ALL_FORMATS", "ExportResult", "build_deployable", "export_checkpoint", "is_composite"]
 
 ALL_FORMATS = ("state_dict", "torchscript", "onnx")
-
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
-    """Deprecated: :func:`semckd.runfolder.load_training_checkpoint` (the name clashed with
-    :func:`semckd.checkpoint.load_checkpoint`, which has another contract)."""
-    warnings.warn("semckd.export.load_checkpoint is deprecated; use "
-                  "semckd.runfolder.load_training_checkpoint (same arguments and result)",
-                  DeprecationWarning, stacklevel=2)
-    return load_training_checkpoint(path)
-
 
 def _teacher_from_config(cfg: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """Rebuild the run's teacher (SimKD needs its classifier) from the checkpoint the config names."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -289,9 +288,8 @@ def declared_stem(model: nn.Module) -> str | None:
     Zoo models declare it as ``stem_name``, apart from their stages, so the one "drop the stem" rule
     (:meth:`semckd.methods.Distiller.student_stages`) needs no guess: methods that follow the authors'
     ``feat[1:]`` skip the stem when the tapped layers are the model's declared ones and start with it.
-    ``stem_name = None`` declares a model without a stem. A model that declares ``stage_names`` but no
-    ``stem_name`` keeps the convention from before stems were declared (its first stage is the stem),
-    with a FutureWarning asking it to say so.
+    ``stem_name = None`` declares a model without a stem. A model that declares ``stage_names`` must
+    declare ``stem_name`` too (a ValueError says so): which of its stages is the stem is not guessed.
     """
     base = unwrap(model)
     if hasattr(base, "stem_name"):  # declared, possibly None
@@ -300,11 +298,9 @@ def declared_stem(model: nn.Module) -> str | None:
         stages = _as_names(getattr(base, "stage_names", None))
         if not stages:
             return None
-        stem = stages[0]
-        warnings.warn(f"{type(base).__name__} declares stage_names but no stem_name; treating its first "
-                      f"stage {stem!r} as the stem (skipped by methods that follow the authors' "
-                      f"feat[1:]) as before. Declare stem_name = {stem!r} (or None for no stem).",
-                      FutureWarning, stacklevel=2)
+        raise ValueError(f"{type(base).__name__} declares stage_names but no stem_name; declare "
+                         f"stem_name = {stages[0]!r} if its first stage is the stem (methods that follow the "
+                         "authors' feat[1:] skip it), or stem_name = None for no stem")
     if stem is None:
         return None
     return _resolve(base, [stem])[0][0]

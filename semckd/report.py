@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, write_text_atomic  # noqa: F401  (re-exported)
 from .defaults import BASELINE_METHOD, DEFAULT_METHOD, REPORT_FIRST
 from .diagnostics import attention_pinned
 from .errors import UserError
@@ -47,12 +46,11 @@ from .runfolder import (
     _num,
     read_config,
     read_epochs,
-    read_metrics,  # noqa: F401  (re-exported)
     read_summary,
 )
 
-__all__ = ["Group", "RunInfo", "ari_table", "atomic_path", "build_report", "find_runs", "group_runs",
-           "load_run", "method_label", "read_metrics", "relative_improvement", "write_text_atomic"]
+__all__ = ["Group", "RunInfo", "ari_table", "build_report", "find_runs", "group_runs", "load_run",
+           "method_label", "relative_improvement"]
 
 NONE = "—"
 _METHOD_ORDER = {m: i for i, m in enumerate(REPORT_FIRST)}

@@ -11,35 +11,44 @@ writer (the engine) and every reader share one schema:
 * ``metrics.jsonl`` — one :class:`EpochRecord` per epoch, strict JSON (non-finite → ``null``);
   :func:`read_epochs` / :func:`read_metrics`; :func:`write_metrics` rewrites it atomically;
 * ``run.json`` — the :class:`RunSummary`; :func:`read_summary` / :func:`write_summary`;
-* ``last.pt`` / ``best.pt`` — checkpoints (``semckd-ckpt-v1``, see docs/ARCHITECTURE.md) that also record
-  what eval and export need to rebuild and feed the network (:class:`CheckpointMeta`: model name,
-  classes, input channels, input size, mean/std); :func:`load_checkpoint` is the one loader
+* ``last.pt`` / ``best.pt`` — checkpoints (``semckd-ckpt-v1``): a :class:`CheckpointRecord`, which also
+  records what eval and export need to rebuild and feed the network (:class:`CheckpointMeta`: model
+  name, classes, input channels, input size, mean/std); :func:`load_checkpoint` is the one loader
   (``torch.load(weights_only=True)``), :func:`checkpoint_meta` reads the metadata, with fallbacks for
   checkpoints written before a field existed.
 
+It also guards the folder for the engine: :func:`check_run_dir` (never write over another run; what
+``--resume`` continues), :func:`prepare_run_dir` (clear a replaced run, drop temp files a kill left,
+write config.yaml), :func:`recover_best` and :class:`MetricsLog` (the per-epoch metrics writer).
 Every write goes through :mod:`semckd.atomic` (temp file + ``os.replace``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import pickle
 import re
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .atomic import write_text_atomic
+from .atomic import atomic_copy, is_temp_of, write_text_atomic
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
 __all__ = ["BEST", "CONFIG", "FORMAT", "LAST", "METRICS", "RUN_FILES", "SUMMARY", "CheckpointMeta",
-           "EpochRecord", "RunSummary", "checkpoint_meta", "is_training_checkpoint", "json_safe",
-           "load_checkpoint", "load_training_checkpoint", "read_config", "read_epochs", "read_jsonl",
-           "read_metrics", "read_summary", "strip_wrapper_prefixes", "write_metrics", "write_summary"]
+           "CheckpointRecord", "EpochRecord", "MetricsLog", "RunSummary", "check_run_dir", "checkpoint_meta",
+           "is_training_checkpoint", "json_safe", "load_checkpoint", "load_training_checkpoint",
+           "prepare_run_dir", "read_config", "read_epochs", "read_jsonl", "read_metrics", "read_summary",
+           "recover_best", "remove_temp_files", "strip_wrapper_prefixes", "write_metrics", "write_summary"]
 
 CONFIG, METRICS, LAST, BEST, SUMMARY = "config.yaml", "metrics.jsonl", "last.pt", "best.pt", "run.json"
 RUN_FILES = (CONFIG, METRICS, LAST, BEST, SUMMARY)
@@ -351,6 +360,59 @@ _INPUT_SIZE = {"fashion_mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, 
 
 
 @dataclass
+class CheckpointRecord:
+    """``last.pt`` / ``best.pt`` (format ``semckd-ckpt-v1``): what the engine writes after an epoch.
+
+    The first fields name and feed the network (read by eval and export through :func:`checkpoint_meta`);
+    then the state an exact resume restores (student, the method's ``extras``, optimizer, scheduler,
+    grad scaler, RNG streams — one per rank under DDP —, the metrics rows up to this epoch) and the
+    epoch's selection record. Values are tensors and plain Python, so ``weights_only=True`` loads it.
+    """
+
+    model: str | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
+    input_size: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    dataset: str | None = None
+    method: str | None = None
+    teacher: str | None = None
+    teacher_model: str | None = None
+    student: dict[str, Any] | None = None
+    extras: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    rng_per_rank: list[dict[str, Any]] | None = None
+    world_size: int | None = None
+    metrics: list[dict[str, Any]] | None = None
+    epoch: int | None = None
+    best_acc: float | None = None
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    test_acc: float | None = None
+    val_acc: float | None = None
+    config: dict[str, Any] | None = None
+    format: str = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict ``torch.save`` writes (``format`` first; values not copied)."""
+        out: dict[str, Any] = {"format": self.format}
+        out.update((f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "format")
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointRecord:
+        """Lenient: missing keys are None (older or foreign checkpoints), unknown keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        rec = cls(**{k: v for k, v in d.items() if k in names and k != "format"})
+        rec.format = d.get("format", "")
+        return rec
+
+
+@dataclass
 class CheckpointMeta:
     """What a checkpoint says about the network it holds, for rebuilding (eval) and deploying (export).
 
@@ -385,16 +447,17 @@ def _dataset_stats(dataset: str) -> tuple[int, tuple[float, ...], tuple[float, .
 
 def checkpoint_meta(ckpt: dict[str, Any]) -> CheckpointMeta:
     """:class:`CheckpointMeta` of a checkpoint dict (fields recorded in it first, then fallbacks)."""
-    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    model = ckpt.get("model") if isinstance(ckpt.get("model"), str) else None
-    dataset = ckpt.get("dataset") or cfg.get("dataset")
+    rec = CheckpointRecord.from_dict(ckpt)
+    cfg = rec.config if isinstance(rec.config, dict) else {}
+    model = rec.model if isinstance(rec.model, str) else None
+    dataset = rec.dataset or cfg.get("dataset")
     dataset = str(dataset) if dataset else None
-    ncls = int(ckpt["num_classes"]) if isinstance(ckpt.get("num_classes"), int) else None
-    cin = int(ckpt["in_channels"]) if isinstance(ckpt.get("in_channels"), int) else None
-    size = ckpt.get("input_size")
+    ncls = int(rec.num_classes) if isinstance(rec.num_classes, int) else None
+    cin = int(rec.in_channels) if isinstance(rec.in_channels, int) else None
+    size = rec.input_size
     input_size = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) and len(size) == 2 else None
-    mean = tuple(float(x) for x in ckpt["mean"]) if ckpt.get("mean") else None
-    std = tuple(float(x) for x in ckpt["std"]) if ckpt.get("std") else None
+    mean = tuple(float(x) for x in rec.mean) if rec.mean else None
+    std = tuple(float(x) for x in rec.std) if rec.std else None
     meta = CheckpointMeta(model, ncls, cin, input_size, mean, std, dataset, cfg)
     if input_size is None or mean is None or std is None:
         stats = _dataset_stats(dataset) if dataset else None
@@ -410,3 +473,135 @@ def checkpoint_meta(ckpt: dict[str, Any]) -> CheckpointMeta:
             meta.notes.append(f"the checkpoint records no {' and '.join(missing)} and its dataset "
                               f"({dataset or 'not recorded'}) is not one semckd knows")
     return meta
+
+
+# ---------------------------------------------------------------------- run-folder guard (the engine's)
+def check_run_dir(cfg: TrainConfig) -> tuple[list[Path], str | None]:
+    """Refuse to write over another run; decide whether ``--resume`` has a checkpoint to continue.
+
+    Returns ``(files to delete, note)``. The files (``--force``, or the leftovers of a run that never
+    wrote ``last.pt``) are deleted only once the new run has been set up without error
+    (:func:`prepare_run_dir`), so a typo in a forced command does not destroy the old run for nothing. A
+    folder without ``last.pt`` holds no resumable state: the same command, with or without ``--resume``,
+    starts it from epoch 1 (the note says so), so a run killed before its first checkpoint is never a
+    dead end.
+    """
+    import yaml
+
+    from .config import config_diff  # imports torch: only training needs it, not the readers here
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {cfg.out!r} is a file; pass a folder")
+    present = [out / n for n in RUN_FILES if (out / n).exists()]
+    diff: list[str] = []
+    if (out / CONFIG).is_file():
+        try:
+            diff = config_diff(yaml.safe_load((out / CONFIG).read_text()) or {}, cfg.to_dict())
+        except yaml.YAMLError:
+            diff = [] if cfg.resume else ["config.yaml unreadable"]
+    has_ckpt = (out / LAST).is_file()
+    if cfg.resume:
+        if diff:
+            raise UserError(f"--resume: the settings differ from the run in {cfg.out!r} "
+                            f"({'; '.join(diff[:3])}); keep the settings or use another --out")
+        if has_ckpt:
+            return [], None
+        note = (f"--resume: no checkpoint in {cfg.out} yet (stopped before its first epoch ended); "
+                "starting from epoch 1")
+        return present, note
+    if not present or cfg.force:
+        return present, None
+    if not has_ckpt and (not diff or not (out / BEST).exists()):
+        what = "the same settings" if not diff else f"other settings ({'; '.join(diff[:3])})"
+        return present, (f"{cfg.out} holds no checkpoint of a run with {what} (it stopped before its "
+                         "first epoch ended); starting over")
+    if diff:
+        raise UserError(f"--out {cfg.out!r} holds another run ({'; '.join(diff[:3])}); choose another --out, "
+                        "or pass --force to replace it")
+    raise UserError(f"--out {cfg.out!r} already holds this run; pass --resume to continue it, --force to "
+                    "start over, or choose another --out")
+
+
+def remove_temp_files(out: Path) -> None:
+    """Temp files a kill left mid-write (``.last.pt.XXXX.tmp``...): never committed, so never needed."""
+    for f in out.iterdir():
+        if any(is_temp_of(f.name, n) for n in RUN_FILES) and f.is_file():
+            f.unlink(missing_ok=True)
+
+
+def prepare_run_dir(cfg: TrainConfig, to_delete: list[Path]) -> None:
+    """Open the folder for a run that has been set up without error: delete what :func:`check_run_dir`
+    said to replace (and its TensorBoard logs), drop temp files, write ``config.yaml``."""
+    out = Path(cfg.out)
+    if to_delete:
+        for p in to_delete:
+            p.unlink(missing_ok=True)
+        shutil.rmtree(out / "tb", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out)
+    cfg.save_yaml(out / CONFIG)
+
+
+def recover_best(out: Path, epoch: int, best_epoch: int) -> bool:
+    """A kill between writing ``last.pt`` (of ``epoch``) and ``best.pt`` leaves an older best.pt: redo that
+    copy. True when it was redone."""
+    if best_epoch != epoch:
+        return False
+    best = out / BEST
+    with contextlib.suppress(Exception):
+        b = load_checkpoint(best, "best checkpoint") if best.is_file() else None
+        if isinstance(b, dict) and b.get("epoch") == epoch:
+            return False
+    atomic_copy(out / LAST, best)
+    return True
+
+
+class MetricsLog:
+    """metrics.jsonl (+ TensorBoard if installed), written by rank 0 only.
+
+    The rows so far also travel in every checkpoint, and the file is rewritten atomically each epoch:
+    on resume it is rebuilt from the checkpoint's rows, so a kill between the checkpoint and the
+    metrics write can neither lose an epoch's row nor leave half a line.
+    """
+
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool, keep_upto: int | None,
+                 rows: list[dict[str, Any]] | None = None) -> None:
+        self.path = out / METRICS
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+        self.tb = None
+        if keep_upto is not None:
+            if rows is not None:  # the checkpoint's own record of its epochs
+                self.rows = [r for r in rows if r.get("epoch", 0) <= keep_upto]
+            else:  # a checkpoint from before rows were saved: the file's complete lines
+                self.rows = [r for r in read_metrics(out) if r.get("epoch", 0) <= keep_upto]
+        if not enabled:
+            return
+        if keep_upto is not None:
+            self._flush()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:  # optional dependency
+                self.tb = None
+
+    def _flush(self) -> None:
+        write_metrics(self.path.parent, self.rows)
+
+    def write(self, rec: dict[str, Any]) -> None:
+        self.rows.append(rec)
+        if not self.enabled:
+            return
+        self._flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self.tb.add_scalar(k, v, rec["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

@@ -132,7 +132,7 @@ def register_probe_methods() -> None:
 def tiny_distill_setup(root: Path) -> tuple[Path, str, str]:
     """``(root, data_dir, teacher_checkpoint)``: tiny IDX data and a wide tiny teacher saved in the
     engine's checkpoint format, for subprocess distillation runs."""
-    from semckd.checkpoint import FORMAT
+    from semckd.runfolder import FORMAT
 
     register_tiny()
     register_probe_methods()

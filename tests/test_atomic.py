@@ -8,9 +8,10 @@ import pickle
 import pytest
 import torch
 
-from semckd.atomic import atomic_path, is_temp_of, write_text_atomic
-from semckd.checkpoint import atomic_copy, atomic_save, load_checkpoint
+from semckd.atomic import atomic_copy, atomic_path, is_temp_of, write_text_atomic
+from semckd.checkpoint import atomic_save
 from semckd.errors import UserError
+from semckd.runfolder import load_checkpoint
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

@@ -11,8 +11,8 @@ import pytest
 import torch
 from engine_helpers import TINY, TinyNet, make_fashion_mnist, register_probe_methods, register_tiny
 
-from semckd.checkpoint import FORMAT
 from semckd.cli import main
+from semckd.runfolder import FORMAT
 
 ROOT = Path(__file__).resolve().parent.parent
 

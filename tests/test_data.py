@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from semckd.data import DeviceLoader, build_data, crop_flip, epoch_order, load_arrays
+from semckd.data import DeviceLoader, build_splits, crop_flip, epoch_order, load_arrays
 from semckd.data import cifar as cifar_mod
 from semckd.data.download import download_file, safe_extract
 from semckd.data.idx import find_idx_dir, load_idx_dataset, read_idx
@@ -67,7 +67,7 @@ def test_mnist_name_and_torchvision_layout(tmp_path):
     ref = make_idx_dir(tmp_path / "MNIST" / "raw", gz=False, n_train=7)
     xtr, ytr, _, _ = load_idx_dataset("mnist", tmp_path)
     np.testing.assert_array_equal(xtr[:, 0], ref["xtr"])
-    _, _, info = build_data("mnist", str(tmp_path), 4)
+    _, _, _, info = build_splits("mnist", str(tmp_path), 4)
     assert info["num_train"] == 7 and info["flip"] is False and info["in_channels"] == 1
 
 
@@ -103,17 +103,17 @@ def test_idx_missing_file_and_dir(tmp_path):
     with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.*missing.*--data-dir"):
         load_idx_dataset("fashion_mnist", tmp_path)
     with pytest.raises(UserError, match="--data-dir .*nowhere' does not exist; pass the folder"):
-        build_data("mnist", str(tmp_path / "nowhere"), 4)
+        build_splits("mnist", str(tmp_path / "nowhere"), 4)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="MNIST not found: no train-images.*empty.*pass the folder"):
-        build_data("mnist", str(tmp_path / "empty"), 4)
+        build_splits("mnist", str(tmp_path / "empty"), 4)
 
 
 def test_fashion_mnist_missing_dir(tmp_path, monkeypatch):
     monkeypatch.setattr("semckd.data.idx.FASHION_MNIST_DIR", str(tmp_path / "no-system-copy"))
     monkeypatch.setenv("SEMCKD_DATA_DIR", str(tmp_path / "default"))
     with pytest.raises(UserError, match="not found.*dataset-fashion-mnist"):
-        build_data("fashion_mnist", None, 4)
+        build_splits("fashion_mnist", None, 4)
 
 
 def test_named_data_dir_is_never_swapped_for_the_system_copy(tmp_path, monkeypatch):
@@ -158,7 +158,7 @@ def test_real_fashion_mnist():
     assert torch.bincount(ytr).tolist() == [6000] * 10 and torch.bincount(yte).tolist() == [1000] * 10
     assert len(classes) == 10
     mean = xtr.float().div(255).mean().item()
-    assert abs(mean - 0.2860) < 1e-3  # the normalisation constant build_data uses
+    assert abs(mean - 0.2860) < 1e-3  # the normalisation constant build_splits uses
 
 
 # -------------------------------------------------------------------------------------------- CIFAR
@@ -210,7 +210,7 @@ def test_cifar_layouts_load(tmp_path, kind):
     np.testing.assert_array_equal(ytr, ref["train"][1])
     np.testing.assert_array_equal(yte, ref["test"][1])
     assert classes[3] == ("c3" if kind == "cifar10" else "f3")
-    train, test, info = build_data(kind, str(tmp_path), 3)
+    train, _, test, info = build_splits(kind, str(tmp_path), 3)
     assert info["num_classes"] == (10 if kind == "cifar10" else 100) and info["pad"] == 4
     x, y, i = next(iter(train))
     assert x.shape == (3, 3, 32, 32) and x.dtype == torch.float32
@@ -277,7 +277,7 @@ def test_cifar_corrupt_and_wrong_content(tmp_path):
 
 def test_cifar_missing_mentions_download(tmp_path):
     with pytest.raises(UserError, match="--download"):
-        build_data("cifar100", str(tmp_path), 8)
+        build_splits("cifar100", str(tmp_path), 8)
 
 
 def _tar_dir(src_root: Path, folder: str, dest: Path) -> str:
@@ -345,9 +345,9 @@ def loader(x, y, **kw):
     return DeviceLoader(x, y, **opts)
 
 
-def collect(ld, epoch=None, **kw):
+def collect(ld, epoch=None):
     if epoch is not None:
-        ld.set_epoch(epoch, **kw)
+        ld.set_epoch(epoch)
     return [tuple(t.clone() for t in b) for b in ld]
 
 
@@ -364,11 +364,9 @@ def test_device_loader_deterministic_per_seed_and_epoch():
     assert not same(collect(a, 3), collect(loader(x, y, seed=1), 3))
 
 
-def test_device_loader_resume_mid_epoch_and_auto_advance():
+def test_device_loader_auto_advances_to_the_next_epoch():
     x, y = tiny(n=20)
     ld = loader(x, y)
-    full = collect(ld, 5)
-    assert same(collect(ld, 5, start_batch=2), full[2:])
     ld.set_epoch(7)
     e7, e8 = collect(ld), collect(ld)  # no set_epoch: the next iteration is the next epoch
     assert same(e7, collect(loader(x, y), 7)) and same(e8, collect(loader(x, y), 8))
@@ -497,9 +495,9 @@ def test_device_loader_cuda_matches_cpu():
         torch.testing.assert_close(xc, xg.cpu(), rtol=0, atol=1e-5)  # FMA may differ in the last bit
 
 
-def test_build_data_limit_and_eval_loader(tmp_path):
+def test_build_splits_limit_and_eval_loader(tmp_path):
     ref = make_idx_dir(tmp_path, gz=True, n_train=12, n_test=5)
-    train, test, info = build_data("fashion-mnist", str(tmp_path), 4, limit_train=7, eval_batch_size=2,
+    train, _, test, info = build_splits("fashion-mnist", str(tmp_path), 4, limit_train=7, eval_batch_size=2,
                                    augment=False)
     assert info["num_train"] == 7 and info["num_test"] == 5 and info["image_size"] == 28
     idx = torch.cat([b[2] for b in train])
@@ -512,16 +510,16 @@ def test_build_data_limit_and_eval_loader(tmp_path):
     torch.testing.assert_close(batches[0][0][0, 0], img0)
 
 
-def test_build_data_rejects_bad_input(tmp_path):
+def test_build_splits_rejects_bad_input(tmp_path):
     with pytest.raises(UserError, match="unknown dataset 'svhn'.*fashion_mnist, mnist, cifar10, cifar100"):
-        build_data("svhn", None, 8)
+        build_splits("svhn", None, 8)
     make_idx_dir(tmp_path, gz=False)
     with pytest.raises(UserError, match="limit-train"):
-        build_data("fashion_mnist", str(tmp_path), 8, limit_train=0)
+        build_splits("fashion_mnist", str(tmp_path), 8, limit_train=0)
     with pytest.raises(UserError, match="rank"):
-        build_data("fashion_mnist", str(tmp_path), 8, rank=2, world_size=2)
+        build_splits("fashion_mnist", str(tmp_path), 8, rank=2, world_size=2)
     with pytest.raises(UserError, match="batch size"):
-        build_data("fashion_mnist", str(tmp_path), 0)
+        build_splits("fashion_mnist", str(tmp_path), 0)
 
 
 # ---------------------------------------------------------------------------------------- ImageFolder
@@ -544,7 +542,7 @@ def make_folder(root: Path, sizes=((20, 14), (12, 18), (16, 16))) -> None:
 def test_imagefolder_loader(tmp_path):
     pytest.importorskip("PIL")
     make_folder(tmp_path)
-    train, test, info = build_data("imagefolder", str(tmp_path), 4, image_size=8, resize=10, workers=0)
+    train, _, test, info = build_splits("imagefolder", str(tmp_path), 4, image_size=8, resize=10, workers=0)
     assert info["num_classes"] == 2 and info["classes"] == ["cat", "dog"] and info["num_train"] == 6
     assert info["num_test"] == 4 and len(train) == 2 and len(test) == 1
     e0 = collect(train, 0)
@@ -553,7 +551,6 @@ def test_imagefolder_loader(tmp_path):
     for _, yb, ib in e0:
         assert yb.tolist() == [train.dataset.targets[i] for i in ib.tolist()]
     assert same(e0, collect(train, 0)) and not same(e0, collect(train, 1))
-    assert same(collect(train, 0, start_batch=1), e0[1:])
     # Eval: resize shorter side 14 → 10 then center-crop 8 of a 20×14 red image whose 2-px left strip is
     # another colour: the crop starts at source x = 3 / (10/14) = 4.2, beyond the strip and the bilinear
     # filter's reach (~1.4 px), so it holds only the red body.
@@ -568,7 +565,7 @@ def test_imagefolder_loader(tmp_path):
 def test_imagefolder_limit_keeps_every_class(tmp_path):
     pytest.importorskip("PIL")
     make_folder(tmp_path)
-    train, _, info = build_data("imagefolder", str(tmp_path), 2, image_size=8, workers=0, limit_train=2)
+    train, _, _, info = build_splits("imagefolder", str(tmp_path), 2, image_size=8, workers=0, limit_train=2)
     assert info["num_train"] == 2 and sorted(train.dataset.targets) == [0, 1]
     assert sorted(torch.cat([b[2] for b in train]).tolist()) == [0, 1]
 
@@ -576,22 +573,22 @@ def test_imagefolder_limit_keeps_every_class(tmp_path):
 def test_imagefolder_workers_do_not_change_batches(tmp_path):
     pytest.importorskip("PIL")
     make_folder(tmp_path)
-    a, _, _ = build_data("imagefolder", str(tmp_path), 3, image_size=8, workers=0, seed=5)
-    b, _, _ = build_data("imagefolder", str(tmp_path), 3, image_size=8, workers=2, seed=5)
+    a, _, _, _ = build_splits("imagefolder", str(tmp_path), 3, image_size=8, workers=0, seed=5)
+    b, _, _, _ = build_splits("imagefolder", str(tmp_path), 3, image_size=8, workers=2, seed=5)
     assert same(collect(a, 2), collect(b, 2))
 
 
 def test_imagefolder_errors(tmp_path):
     pytest.importorskip("PIL")
     with pytest.raises(UserError, match="--data-dir"):
-        build_data("imagefolder", None, 4)
+        build_splits("imagefolder", None, 4)
     make_folder(tmp_path)
     (tmp_path / "val" / "bird").mkdir()
     with pytest.raises(UserError, match="bird"):
-        build_data("imagefolder", str(tmp_path), 4)
+        build_splits("imagefolder", str(tmp_path), 4)
     (tmp_path / "val" / "bird").rmdir()
     (tmp_path / "train" / "dog" / "0.png").write_bytes(b"not a png")
-    train, _, _ = build_data("imagefolder", str(tmp_path), 6, image_size=8, workers=1)
+    train, _, _, _ = build_splits("imagefolder", str(tmp_path), 6, image_size=8, workers=1)
     with pytest.raises(UserError, match="0.png: cannot decode image"):
         list(train)
 

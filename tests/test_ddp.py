@@ -12,9 +12,9 @@ import pytest
 import torch
 from engine_helpers import make_fashion_mnist
 
-from semckd.checkpoint import FORMAT
-from semckd.engine import evaluate_checkpoint
+from semckd.evaluate import evaluate_checkpoint
 from semckd.models import create_model
+from semckd.runfolder import FORMAT
 
 ROOT = Path(__file__).resolve().parent.parent
 

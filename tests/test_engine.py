@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,17 +13,14 @@ import yaml
 from engine_helpers import TINY, TinyNet, make_fashion_mnist, register_probe_methods, register_tiny
 
 from semckd import engine
-from semckd.checkpoint import (
-    FORMAT,
-    atomic_save,
-    capture_rng,
-    load_checkpoint,
-    load_teacher,
-    restore_rng,
-)
+from semckd.checkpoint import atomic_save, capture_rng, load_teacher, restore_rng
 from semckd.config import TrainConfig, default_lr, resolve_config
-from semckd.engine import NonFiniteLossError, evaluate_checkpoint, lr_factor
+from semckd.errors import UserError
+from semckd.evaluate import evaluate, evaluate_checkpoint
+from semckd.finite import NonFiniteLossError
 from semckd.models import create_model
+from semckd.run import Run, lr_factor
+from semckd.runfolder import FORMAT, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +43,17 @@ def cfg(data_dir: str, out: Path, kind: str = "distill", **kw) -> TrainConfig:
     return resolve_config(kind, flags=flags)[0]
 
 
-def run(c: TrainConfig) -> engine._Trainer:
-    t = engine._Trainer(c)
-    with engine._determinism(c.deterministic):
-        try:
-            t.setup()
-            t.summary = t.fit()
-        finally:
-            t.close()
-    return t
+@dataclass
+class Trained:
+    """A finished run: what the engine trained and the summary it returned."""
+
+    run: Run
+    summary: dict
+
+
+def run(c: TrainConfig) -> Trained:
+    with engine.open_run(c) as r:
+        return Trained(r, engine.Trainer(r).fit())
 
 
 # ---------------------------------------------------------------------- schedule & config
@@ -109,7 +109,7 @@ def test_training_writes_resumable_run_folder(data_dir, tmp_path):
     assert ck["format"] == FORMAT and ck["model"] == TINY and ck["epoch"] == 2
     assert (ck["num_classes"], ck["in_channels"]) == (10, 1)
     assert set(ck) >= {"student", "extras", "optimizer", "scheduler", "rng", "best_acc", "config"}
-    assert ck["config"] == yaml.safe_load((out / "config.yaml").read_text()) == t.cfg.to_dict()
+    assert ck["config"] == yaml.safe_load((out / "config.yaml").read_text()) == t.run.cfg.to_dict()
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["epoch"] == max(lines, key=lambda x: x["test_acc"])["epoch"]
     summary = json.loads((out / "run.json").read_text())
@@ -124,7 +124,7 @@ def test_training_writes_resumable_run_folder(data_dir, tmp_path):
 def test_hooks_fixed_batch_and_extras(data_dir, tmp_path, capsys):
     # 200 training images, batch 32: the partial batch of 8 is dropped; 100 test images at 32: 3 full + 4
     t = run(cfg(data_dir, tmp_path / "h", epochs=2, limit_train=200, method_args={"fixed": True}))
-    d = t.distiller
+    d = t.run.models.distiller
     assert d.epochs_seen == [1, 2]  # 1-based, once per epoch
     assert set(d.train_batches) == {32} and len(d.train_batches) == 2 * 6
     lines = [json.loads(x) for x in (tmp_path / "h" / "metrics.jsonl").read_text().splitlines()]
@@ -142,9 +142,10 @@ def test_hooks_fixed_batch_and_extras(data_dir, tmp_path, capsys):
     assert line["extras"] == {"observed": [], "observed_on": "test"} and line["train_images"] == 192
 
 
-def test_undeclared_fixed_batch_size_still_trains_with_a_warning(data_dir, tmp_path, monkeypatch, capsys):
-    """A method written before ``needs_full_batches`` existed (it only reports ``fixed_batch_size``)
-    keeps working: partial batches are skipped in the loop, and it is told to declare the classmethod."""
+def test_undeclared_fixed_batch_size_is_an_error_naming_the_declaration(data_dir, tmp_path, monkeypatch):
+    """A method that reports ``fixed_batch_size`` without declaring ``needs_full_batches`` would train on
+    partial batches its modules are not sized for: setup stops and names the classmethod to declare,
+    before the run folder is written."""
     from semckd.methods import Distiller, get_method, registry
 
     class OldStyle(get_method("engine_probe")):
@@ -152,25 +153,25 @@ def test_undeclared_fixed_batch_size_still_trains_with_a_warning(data_dir, tmp_p
         needs_full_batches = classmethod(Distiller.needs_full_batches.__func__)
 
     monkeypatch.setitem(registry._METHODS, OldStyle.name, OldStyle)
-    with pytest.warns(FutureWarning, match="does not declare needs_full_batches"):
-        t = run(cfg(data_dir, tmp_path / "old", limit_train=200, method="engine_probe_old",
-                    method_args={"fixed": True}))
-    assert set(t.distiller.train_batches) == {32} and len(t.distiller.train_batches) == 6
-    assert "does not declare needs_full_batches" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"reports fixed_batch_size but does not declare "
+                                        r"needs_full_batches\(options\); declare that classmethod"):
+        run(cfg(data_dir, tmp_path / "old", limit_train=200, method="engine_probe_old",
+                method_args={"fixed": True}))
+    assert not (tmp_path / "old").exists()
 
 
 def test_teacher_frozen_and_optimizer_covers_student_and_method_modules(data_dir, tmp_path):
     run(cfg(data_dir, tmp_path / "t", kind="teacher", model=TINY + "_wide"))
     teacher_file = tmp_path / "t" / "best.pt"
     t = run(cfg(data_dir, tmp_path / "s", method="engine_probe_t", teacher=str(teacher_file), epochs=1))
-    d = t.distiller
+    d = t.run.models.distiller
     saved = torch.load(teacher_file, weights_only=True)["student"]
     for k, v in d.teacher.state_dict().items():
         assert torch.equal(v, saved[k]), k  # weights and BN statistics untouched
     assert not d.teacher.training
-    opt_ids = {id(p) for g in t.optimizer.param_groups for p in g["params"]}
+    opt_ids = {id(p) for g in t.run.optimizer.param_groups for p in g["params"]}
     assert opt_ids == {id(p) for p in d.student.parameters()} | {id(p) for p in d.proj.parameters()}
-    assert all(g["weight_decay"] == 5e-4 for g in t.optimizer.param_groups)
+    assert all(g["weight_decay"] == 5e-4 for g in t.run.optimizer.param_groups)
     assert t.summary["teacher_model"] == TINY + "_wide"
 
 
@@ -297,8 +298,8 @@ def test_out_of_memory_becomes_a_user_error(data_dir, tmp_path, monkeypatch):
     def oom(self, epoch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(engine._Trainer, "_train_epoch", oom)
-    with pytest.raises(engine.UserError, match="out of device memory with batch size 32; lower --batch-size"):
+    monkeypatch.setattr(engine.Trainer, "train_epoch", oom)
+    with pytest.raises(UserError, match="out of device memory with batch size 32; lower --batch-size"):
         engine.train(cfg(data_dir, tmp_path / "oom", kind="teacher", limit_train=64))
 
 
@@ -308,15 +309,15 @@ def test_simkd_accuracy_is_measured_on_the_deployable_network(data_dir, tmp_path
     run(cfg(data_dir, tdir, kind="teacher", epochs=2))
     out = tmp_path / "simkd"
     t = run(cfg(data_dir, out, method="simkd", teacher=str(tdir / "best.pt"), epochs=2))
-    dep = t.distiller.deployable_student()
+    dep = t.run.models.distiller.deployable_student()
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]["test_acc"]
-    assert engine.evaluate(dep, t.test_loader, torch.device("cpu"))["test_acc"] == pytest.approx(logged)
-    x = next(iter(t.test_loader))[0]
-    t.eval_model.eval()
-    t.student.eval()
+    assert evaluate(dep, t.run.data.test, torch.device("cpu"))["test_acc"] == pytest.approx(logged)
+    x = next(iter(t.run.data.test))[0]
+    t.run.models.eval_model.eval()
+    t.run.models.student.eval()
     with torch.no_grad():  # the engine scores the composite, not the bare student's untrained head
-        assert torch.allclose(t.eval_model(x), dep(x))
-        assert not torch.allclose(t.eval_model(x), t.student(x))
+        assert torch.allclose(t.run.models.eval_model(x), dep(x))
+        assert not torch.allclose(t.run.models.eval_model(x), t.run.models.student(x))
     res = evaluate_checkpoint(str(out / "last.pt"), device="cpu")
     assert res["test_acc"] == pytest.approx(logged)
 
@@ -326,9 +327,9 @@ def test_engine_gives_crd_the_training_labels_for_exact_negatives(data_dir, tmp_
     run(cfg(data_dir, tdir, kind="teacher", limit_train=64))
     t = run(cfg(data_dir, tmp_path / "crd", method="crd", teacher=str(tdir / "best.pt"), limit_train=64,
                 method_args={"nce_k": 8}))
-    mem = t.distiller.contrast
+    mem = t.run.models.distiller.contrast
     assert mem.mode == "exact" and mem._has_labels  # the authors' default, fed by the engine
-    labels = t.train_loader.targets
+    labels = t.run.data.train.targets
     assert labels.shape[0] == mem.num_samples == 64
     rows = mem.sample(torch.arange(64))
     assert not bool((labels[rows[:, 1:]] == labels[:, None]).any())  # no negative shares its anchor's class

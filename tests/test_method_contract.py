@@ -111,7 +111,7 @@ def test_every_method_has_a_section_in_the_docs() -> None:
 
 def test_one_stem_rule_for_every_method() -> None:
     """Declared stem → dropped; layers named explicitly → all used; a model that declares stages but
-    no stem keeps the old convention (first stage = stem) with a FutureWarning."""
+    no stem is an error that names the declaration to add."""
     d, *_ = _build("at")
     assert d.stem_dropped == (True, True)
     assert declared_stem(d.student) == "stem"
@@ -123,8 +123,10 @@ def test_one_stem_rule_for_every_method() -> None:
     assert e.stem_dropped == (False, True)  # per network: the teacher still drops its declared stem
     e.remove_taps()
     del s.stem_name
-    with pytest.warns(FutureWarning, match="declares stage_names but no stem_name"):
-        assert declared_stem(s) == "stem"
+    with pytest.raises(ValueError, match="declares stage_names but no stem_name; declare stem_name = 'stem'"):
+        declared_stem(s)
+    with pytest.raises(ValueError, match="no stem_name"):
+        build_distiller("at", s, t, ctx)
     s.stem_name = None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -132,15 +134,6 @@ def test_one_stem_rule_for_every_method() -> None:
         f = build_distiller("at", s, t, ctx)
     assert f.stem_dropped == (False, True)
     f.remove_taps()
-
-
-def test_old_imports_from_base_still_work_with_a_warning() -> None:
-    from semckd.methods import base
-
-    with pytest.warns(FutureWarning, match="moved to semckd.methods.registry"):
-        assert base.register_method is registry.register_method
-    with pytest.warns(FutureWarning, match="moved to semckd.methods.build"):
-        assert base.build_distiller is build_distiller
 
 
 # files that may spell a method's name: the registry and build docs, the names the library itself uses

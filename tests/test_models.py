@@ -82,7 +82,6 @@ def test_forward_stages_and_head(name: str, shape: tuple[int, ...], num_classes:
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes, in_channels=shape[1]).eval()
     modules = dict(model.named_modules())
-    assert model.model_name == name
     assert isinstance(modules[model.head_name], nn.Linear)
     assert all(n in modules for n in model.stage_names)
     assert len(model.stage_names) >= 3

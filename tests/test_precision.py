@@ -10,6 +10,7 @@ from engine_helpers import TINY, make_fashion_mnist, register_tiny
 
 from semckd import engine, precision
 from semckd.config import resolve_config
+from semckd.evaluate import evaluate_checkpoint
 from semckd.precision import cpu_has_native_bf16, resolve_amp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,7 +70,7 @@ def test_training_default_is_auto_and_the_run_records_what_it_resolved_to(tmp_pa
     assert summary["amp"] == "none"
     assert "precision: float32 (auto: this CPU has no native bfloat16" in capsys.readouterr().out
     # evaluation of the checkpoint follows the same rule by default and says what it used
-    res = engine.evaluate_checkpoint(str(tmp_path / "r" / "best.pt"), device="cpu")
+    res = evaluate_checkpoint(str(tmp_path / "r" / "best.pt"), device="cpu")
     assert res["amp"] == "none" and res["test_acc"] == pytest.approx(summary["best_acc"])
 
 
@@ -111,16 +112,13 @@ def test_engine_follows_the_channels_last_rule(tmp_path, amp, flag, want):
                  out=str(tmp_path / "r"), device="cpu", tensorboard=False, milestones=[], quiet=True)
     if flag is not None:
         flags["channels_last"] = flag
-    trainer = engine._Trainer(resolve_config("teacher", flags=flags)[0])
-    trainer.setup()
-    conv = next(m for m in trainer.student.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
-    assert trainer.precision.channels_last is want
-    assert trainer.train_loader.channels_last is want
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is want
-    try:
-        assert trainer.fit()["channels_last"] is want
-    finally:
-        trainer.close()
+    with engine.open_run(resolve_config("teacher", flags=flags)[0]) as run:
+        conv = next(m for m in run.models.student.modules()
+                    if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+        assert run.precision.channels_last is want
+        assert run.data.train.channels_last is want
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is want
+        assert engine.Trainer(run).fit()["channels_last"] is want
 
 
 # ---------------------------------------------------------------------- bf16 emulation
@@ -184,7 +182,7 @@ def test_engine_trains_with_bf16_emulation(tmp_path):
                                                amp="bf16-emulated"))[0]
     summary = engine.train(cfg)
     assert summary["amp"] == "bf16-emulated" and 0 <= summary["best_acc"] <= 100
-    res = engine.evaluate_checkpoint(str(tmp_path / "r" / "best.pt"), device="cpu", amp="bf16-emulated")
+    res = evaluate_checkpoint(str(tmp_path / "r" / "best.pt"), device="cpu", amp="bf16-emulated")
     assert res["test_acc"] == pytest.approx(summary["best_acc"])
 
 

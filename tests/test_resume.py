@@ -90,13 +90,13 @@ torch.set_num_threads(1)
 from engine_helpers import register_tiny, register_probe_methods, tiny_distill_setup
 register_tiny(); register_probe_methods()
 import semckd.engine as E
-orig = E._Trainer._train_epoch
+orig = E.Trainer.train_epoch
 def patched(self, epoch):
     if epoch == 2:
         open({marker!r}, "w").close()
         time.sleep(600)  # killed here, mid-run
     return orig(self, epoch)
-E._Trainer._train_epoch = patched
+E.Trainer.train_epoch = patched
 from semckd.cli import main
 sys.exit(main({argv!r}))
 """

@@ -15,8 +15,9 @@ from engine_helpers import (
 )
 
 from semckd.cli import main
-from semckd.engine import _Metrics, evaluate_checkpoint
+from semckd.evaluate import evaluate_checkpoint
 from semckd.report import build_report, group_runs, load_run
+from semckd.runfolder import MetricsLog
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,7 +53,7 @@ def test_poisoned_state_is_never_called_a_good_checkpoint(setup, capsys):
 
 
 def test_metrics_jsonl_is_strict_json_and_readers_take_null(tmp_path):
-    m = _Metrics(tmp_path, True, False, None)
+    m = MetricsLog(tmp_path, True, False, None)
     m.write({"epoch": 1, "test_loss": float("nan"), "test_acc": 10.0, "extras": {"a": [float("inf"), 1.0]}})
     line = (tmp_path / "metrics.jsonl").read_text()
 
@@ -220,3 +221,35 @@ def test_a_long_run_says_how_long_after_its_first_epoch():
     note = eta_note(239, 120.0, "cpu")
     assert note is not None and "about 8.0 h on cpu" in note and "--epochs" in note
     assert "--epochs" not in (eta_note(239, 120.0, "cuda:0") or "")
+
+
+def test_checkpoint_record_is_what_the_engine_writes_and_readers_take_it_back(setup):
+    """last.pt is a CheckpointRecord: the same keys in the record's order; ``from_dict`` reads it (and
+    foreign dicts, leniently) and ``checkpoint_meta`` reads the network's description through it."""
+    from semckd.runfolder import FORMAT, CheckpointRecord, checkpoint_meta
+
+    root, data, teacher = setup
+    out = root / "record"
+    assert main(distill(data, teacher, out)) == 0
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert list(ck) == list(CheckpointRecord().to_dict())
+    rec = CheckpointRecord.from_dict(ck)
+    assert (rec.format, rec.epoch, rec.model, rec.method, rec.world_size) == (FORMAT, 1, TINY, "kd", 1)
+    assert rec.to_dict().keys() == ck.keys() and rec.student is ck["student"]  # not copied
+    assert len(rec.metrics) == 1 and rec.metrics[0]["epoch"] == 1
+    meta = checkpoint_meta(ck)
+    assert (meta.model, meta.num_classes, meta.in_channels, meta.notes) == (TINY, 10, 1, [])
+    foreign = CheckpointRecord.from_dict({"model": "resnet8", "state_dict": {}, "epoch": 3})
+    assert (foreign.format, foreign.model, foreign.epoch, foreign.student) == ("", "resnet8", 3, None)
+
+
+def test_a_damaged_resume_checkpoint_is_one_line_naming_what_is_missing(setup, capsys):
+    root, data, teacher = setup
+    out = root / "damaged"
+    assert main(distill(data, teacher, out)) == 0
+    ck = torch.load(out / "last.pt", weights_only=True)
+    del ck["optimizer"]
+    torch.save(ck, out / "last.pt")
+    assert main(distill(data, teacher, out, "--resume", epochs=2)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "has no 'optimizer'" in err and "--force" in err, err

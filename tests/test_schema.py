@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
@@ -71,18 +70,9 @@ def test_export_of_an_old_checkpoint_says_where_its_input_size_came_from(tmp_pat
     torch.save({**ck, "config": {"kind": "teacher", "dataset": "my_own"}}, tmp_path / "odd.pt")
     with pytest.raises(UserError, match="records no input size"):
         export_checkpoint(tmp_path / "odd.pt", tmp_path / "o2", ["state_dict"])
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        from semckd.export import load_checkpoint
-
-        assert load_checkpoint(tmp_path / "old.pt")[0]["model"] == "resnet8"
-    assert any(issubclass(x.category, DeprecationWarning) for x in w)
 
 
 def test_one_prefix_stripper_and_one_loader_everywhere():
-    from semckd import checkpoint
-
-    assert checkpoint.load_checkpoint is runfolder.load_checkpoint
     assert runfolder.strip_wrapper_prefixes({"module._orig_mod.a": 1, "b": 2}) == {"a": 1, "b": 2}
 
 

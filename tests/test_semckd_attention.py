@@ -180,8 +180,8 @@ def _distill(tmp_path, name, data, teacher, *extra: str) -> tuple[int, str, str]
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from semckd.checkpoint import FORMAT
     from semckd.models import create_model
+    from semckd.runfolder import FORMAT
 
     root = tmp_path_factory.mktemp("att")
     data = make_fashion_mnist(root / "data", n_train=160, n_test=48)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from semckd.errors import UserError
+from semckd.device import resolve_device  # noqa: F401  (the library's one device rule; the bench jobs import it from here)
 from semckd.precision import AMP_CHOICES, Precision
 
 # name → (student, teacher, input size, in channels, classes)
@@ -58,14 +58,6 @@ def default_precision(device: torch.device) -> str:
     memory format that precision defaults to), by its name."""
     return name_of(precision_of("auto", device))
 
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return dev
 
 @dataclass
 class BenchConfig:

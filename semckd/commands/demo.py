@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from ..config import resolve_config, scaled_milestones
     from ..data.idx import find_idx_dir
-    from ..engine import evaluate_checkpoint, train
+    from ..engine import train
+    from ..evaluate import evaluate_checkpoint
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")

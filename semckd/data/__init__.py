@@ -1,4 +1,4 @@
-"""Datasets and loaders: one call, :func:`build_data`, gives the engine its train/test loaders.
+"""Datasets and loaders: one call, :func:`build_splits`, gives the engine its train/val/test loaders.
 
 Small datasets (Fashion-MNIST, MNIST, CIFAR-10/100) are held as one uint8 tensor on the training device
 and batched by :class:`DeviceLoader` (on-device random crop + flip + normalisation); ImageNet-style class
@@ -20,8 +20,8 @@ from ..errors import UserError
 from .loader import DeviceLoader, Normalizer, crop_flip, derive_seed, epoch_order
 from .split import stratified_holdout
 
-__all__ = ["DATASETS", "DataSplits", "DeviceLoader", "ImageFolderLoader", "Normalizer", "build_data",
-           "build_splits", "crop_flip", "dataset_defaults", "derive_seed", "epoch_order", "load_arrays",
+__all__ = ["DATASETS", "DataSplits", "DeviceLoader", "ImageFolderLoader", "Normalizer", "build_splits",
+           "crop_flip", "dataset_defaults", "derive_seed", "epoch_order", "load_arrays",
            "stratified_holdout", "train_targets"]
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
@@ -76,7 +76,7 @@ def load_arrays(dataset: str, data_dir: str | None = None, *, download: bool = F
         from .cifar import load_cifar
         xtr, ytr, xte, yte, classes = load_cifar(name, data_dir, download=download)
     else:
-        raise UserError(f"{dataset!r} is not held in memory; use build_data for image folders")
+        raise UserError(f"{dataset!r} is not held in memory; use build_splits for image folders")
     return (torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte),
             classes)
 
@@ -88,13 +88,6 @@ class DataSplits(NamedTuple):
     val: DeviceLoader | Any | None
     test: DeviceLoader | Any
     info: dict[str, Any]
-
-
-def build_data(dataset: str, data_dir: str | None, batch_size: int, **kw: Any
-               ) -> tuple[DeviceLoader | Any, DeviceLoader | Any, dict[str, Any]]:
-    """``(train_loader, test_loader, info)``: :func:`build_splits` without its validation loader."""
-    s = build_splits(dataset, data_dir, batch_size, **kw)
-    return s.train, s.test, s.info
 
 
 def build_splits(dataset: str, data_dir: str | None, batch_size: int, *, device: torch.device | str = "cpu",

@@ -166,7 +166,6 @@ class EpochSampler(Sampler):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.even, self.drop_tail = rank, world_size, even, drop_tail
         self.epoch = 0
-        self.skip = 0
 
     def __len__(self) -> int:
         return shard_size(self.n, self.world_size, self.rank, even=self.even, drop_tail=self.drop_tail)
@@ -175,7 +174,7 @@ class EpochSampler(Sampler):
         order = epoch_order(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, rank=self.rank,
                             world_size=self.world_size, even=self.even, drop_tail=self.drop_tail)
         epoch = self.epoch
-        for i in order[self.skip:].tolist():
+        for i in order.tolist():
             yield i, epoch
 
 
@@ -212,7 +211,6 @@ class ImageFolderLoader:
                                   pin_memory=self.device.type == "cuda", drop_last=drop_last,
                                   persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         self._epoch = 0
-        self._start_batch = 0
 
     @property
     def dataset_size(self) -> int:
@@ -229,14 +227,14 @@ class ImageFolderLoader:
     def __len__(self) -> int:
         return len(self._loader)
 
-    def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
-        if epoch < 0 or start_batch < 0:
-            raise ValueError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
-        self._epoch, self._start_batch = int(epoch), int(start_batch)
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        self.sampler.epoch, self.sampler.skip = self._epoch, self._start_batch * self.batch_size
-        self._epoch, self._start_batch = self._epoch + 1, 0
+        self.sampler.epoch = self._epoch
+        self._epoch += 1
         nb = self.device.type == "cuda"
         it = iter(self._loader)
         while True:

@@ -151,7 +151,6 @@ class DeviceLoader:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.normalize = Normalizer(mean, std, self.device, channels_last)
         self._epoch = 0
-        self._start_batch = 0
 
     # -- sizes -------------------------------------------------------------------------------------
     @property
@@ -174,11 +173,11 @@ class DeviceLoader:
         """The epoch the next iteration will produce."""
         return self._epoch
 
-    def set_epoch(self, epoch: int, *, start_batch: int = 0) -> None:
-        """Select the epoch (seeds its order and augmentation); ``start_batch`` resumes mid-epoch."""
-        if epoch < 0 or start_batch < 0:
-            raise ValueError(f"epoch and start_batch must be >= 0, got {epoch}, {start_batch}")
-        self._epoch, self._start_batch = int(epoch), int(start_batch)
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (seeds its order and augmentation)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
 
     def _order(self, epoch: int) -> torch.Tensor:
         return epoch_order(self.dataset_size, shuffle=self.shuffle, seed=self.seed, epoch=epoch,
@@ -198,8 +197,8 @@ class DeviceLoader:
         return offs[0], offs[1], flips
 
     def __iter__(self) -> Iterator[Batch]:
-        epoch, start = self._epoch, self._start_batch
-        self._epoch, self._start_batch = epoch + 1, 0
+        epoch = self._epoch
+        self._epoch = epoch + 1
         order = self._order(epoch).to(self.device)
         n = len(order)
         nb = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
@@ -208,7 +207,7 @@ class DeviceLoader:
         # gains little and, on a busy machine, costs 10x in barrier waits (measured on 2 cores). Build
         # each batch single-threaded and restore the caller's setting before handing it over.
         threads = torch.get_num_threads() if self.device.type == "cpu" else 1
-        for b in range(start, nb):
+        for b in range(nb):
             if threads > 1:
                 torch.set_num_threads(1)
             try:

@@ -14,8 +14,6 @@ registry is :mod:`semckd.methods.registry`.
 
 from __future__ import annotations
 
-import importlib
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import FeatureTap, LayerName, declared_stem, model_layout, unwrap
+from ..features import FeatureTap, LayerName, declared_stem, model_layout
 from ..precision import state_writes_guard
 from .options import LayerList, Positive, Weight
 
@@ -359,27 +357,3 @@ class Distiller(nn.Module):
         self.s_tap.remove()
         if self.t_tap is not None:
             self.t_tap.remove()
-
-
-# ---------------------------------------------------------------------- moved names
-_MOVED = {
-    "register_method": "registry", "list_methods": "registry", "get_method": "registry",
-    "method_options": "registry", "_METHODS": "registry", "_check_options": "registry",
-    "build_distiller": "build",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The registry moved to :mod:`semckd.methods.registry` (and ``build_distiller`` to
-    :mod:`semckd.methods.build`); old imports from ``base`` keep working, with a warning."""
-    if name == "declares_stages":
-        warnings.warn("semckd.methods.base.declares_stages is deprecated: the stem rule is "
-                      "Distiller.student_stages()/teacher_stages() (see semckd.features.declared_stem)",
-                      FutureWarning, stacklevel=2)
-        return lambda model: model is None or getattr(unwrap(model), "stage_names", None) is not None
-    if name in _MOVED:
-        mod = importlib.import_module(f"{__package__}.{_MOVED[name]}")
-        warnings.warn(f"semckd.methods.base.{name} moved to semckd.methods.{_MOVED[name]} "
-                      f"(or import it from semckd.methods)", FutureWarning, stacklevel=2)
-        return getattr(mod, "check_options" if name == "_check_options" else name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

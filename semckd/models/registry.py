@@ -155,6 +155,4 @@ def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwar
             raise UserError(f"model {name!r}: the factory returned {type(model).__name__}, not a "
                             "torch.nn.Module")
         return model
-    model = fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    model.model_name = name.lower()  # type: ignore[assignment]
-    return model
+    return fn(num_classes=num_classes, in_channels=in_channels, **kwargs)
