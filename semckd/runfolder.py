@@ -379,6 +379,8 @@ def _dataset_stats(dataset: str) -> tuple[int, tuple[float, ...], tuple[float, .
     except (UserError, ValueError):
         return None
     d = dataset_defaults(name)
+    if d.get("mean") is None:  # a dataset whose numbers only its data knows (csv): nothing to fall back on
+        return None
     size = int(d.get("image_size") or _INPUT_SIZE.get(name, 0)) or None
     return size, tuple(d["mean"]), tuple(d["std"])  # type: ignore[return-value]
 
