@@ -367,6 +367,7 @@ class _Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.out = Path(cfg.out)
+        self.data_spec: Any = None  # a user's data given from Python (semckd.data.user.user_spec)
 
     # -- logging (rank 0)
     def note(self, msg: str) -> None:
@@ -419,7 +420,7 @@ class _Trainer:
         _seed_all(cfg.seed)
         eval_bs = cfg.eval_batch_size or self.batch
         self.train_loader, self.val_loader, self.test_loader, info = build_splits(
-            cfg.dataset, cfg.data_dir, self.batch, device=device, download=cfg.download,
+            self.data_spec or cfg.dataset, cfg.data_dir, self.batch, device=device, download=cfg.download,
             limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=full, seed=cfg.seed,
             rank=env.rank, world_size=env.world_size, channels_last=self.precision.channels_last,
             workers=cfg.workers, augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
@@ -869,9 +870,18 @@ class _Trainer:
             D.shutdown(env)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) the training described by ``cfg``; returns the run.json summary."""
+def train(cfg: TrainConfig, train_data: Any = None, test_data: Any = None, val_data: Any = None,
+          **data_options: Any) -> dict[str, Any]:
+    """Run (or resume) the training described by ``cfg``; returns the run.json summary.
+
+    ``train_data``/``test_data`` (and optional ``val_data``) replace ``cfg.dataset`` with a user's own
+    data: a map-style Dataset of ``(image, label)`` or an ``(images, labels)`` pair; ``data_options`` are
+    :func:`semckd.data.user.user_spec`'s (``num_classes``, ``transform``, ...).
+    """
     trainer = _Trainer(cfg)
+    if train_data is not None or test_data is not None or val_data is not None or data_options:
+        from .data.user import user_spec
+        trainer.data_spec = user_spec(train_data, test_data, val_data, name=cfg.dataset, **data_options)
     with _determinism(cfg.deterministic):
         try:
             trainer.setup()
