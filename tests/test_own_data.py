@@ -189,7 +189,7 @@ def test_streamed_dataset_is_deterministic_and_transform_is_used(fm) -> None:
     s = splits(PILDataset(xtr, ytr), PILDataset(xte, yte), in_memory=False)
     assert type(s.train).__name__ == "ImageFolderLoader"
     (x1, y1, i1), (x2, y2, i2) = first_batch(s.train), first_batch(s.train)
-    assert torch.equal(x1, x2) and torch.equal(i1, i2)  # the same epoch twice: the same batch
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and torch.equal(i1, i2)  # same epoch, same batch
     mem = splits(PILDataset(xtr, ytr), PILDataset(xte, yte))
     assert torch.equal(next(iter(s.test))[0], next(iter(mem.test))[0])  # same normalisation
     seen = []
@@ -234,7 +234,8 @@ def _kill_then_resume(argv: list[str], out: Path, cwd: Path, step: int) -> None:
     code = f"import sys; from semckd.cli import main; sys.exit(main({argv!r}))"
     env = {**os.environ, "SEMCKD_FAULT": f"step@{step}", "PYTHONPATH": os.pathsep.join([str(ROOT), str(cwd)]),
            "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=cwd)
     assert p.returncode == -9, p.stderr[-2000:]
     assert main(argv + ["--resume"]) == 0
 
@@ -250,10 +251,12 @@ def _same_state(a: Path, b: Path) -> None:
     assert rows[0] == rows[1]
 
 
-def test_cli_csv_manifest_distills_resumes_bit_identically_and_evaluates(csv_dir, tmp_path, monkeypatch) -> None:
+def test_cli_csv_manifest_distills_resumes_bit_identically_and_evaluates(csv_dir, tmp_path,
+                                                                         monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     base = ["distill", "--dataset", "csv", "--data-dir", str(csv_dir), "--teacher", str(TEACHER), "--model",
-            "resnet8", "--method", "semckd", "--method-args", "beta=100", "--epochs", "2", "--batch-size", "64",
+            "resnet8", "--method", "semckd", "--method-args", "beta=100", "--epochs", "2",
+            "--batch-size", "64",
             "--val-split", "40", "--quiet", "--workers", "0"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(base + ["--out", str(a)]) == 0
@@ -271,8 +274,8 @@ def test_cli_factory_is_recorded_and_found_again_by_eval_resume_and_export(mod_d
                                                                           monkeypatch) -> None:
     monkeypatch.chdir(mod_dir)
     out = tmp_path / "t"
-    argv = ["train-teacher", "--dataset", "mydata:load", "--model", "resnet8", "--epochs", "2", "--batch-size",
-            "64", "--quiet", "--workers", "0", "--out", str(out)]
+    argv = ["train-teacher", "--dataset", "mydata:load", "--model", "resnet8", "--epochs", "2",
+            "--batch-size", "64", "--quiet", "--workers", "0", "--out", str(out)]
     assert main(argv) == 0
     ck = torch.load(out / "best.pt", weights_only=True)
     assert ck["dataset"] == "mydata:load" and ck["in_channels"] == 1 and ck["input_size"] == [28, 28]
@@ -376,8 +379,8 @@ def test_cli_bad_csv(case, expect, csv_dir, capsys, tmp_path) -> None:
     (d / "train.csv").write_text(train)
     (d / "test.csv").write_text(test)
     data_dir = str(tmp_path / "nowhere") if case == "bad_dir" else str(d)
-    err = _cli_bad(["train-teacher", "--dataset", "csv", "--data-dir", data_dir, "--model", "resnet8"] + extra,
-                   capsys, tmp_path)
+    argv = ["train-teacher", "--dataset", "csv", "--data-dir", data_dir, "--model", "resnet8"]
+    err = _cli_bad(argv + extra, capsys, tmp_path)
     assert expect in err
 
 

@@ -1,4 +1,4 @@
-"""A user's own data: tensors/arrays, any map-style ``Dataset``, a ``MODULE:FUNCTION`` factory, a CSV manifest.
+"""A user's own data: tensors/arrays, a map-style ``Dataset``, a ``MODULE:FUNCTION`` factory, a CSV manifest.
 
 Why here and not in the engine: each form becomes a :class:`~semckd.data.registry.DatasetSpec` whose
 builder returns the same loaders as the built-in datasets, so everything downstream (validation split,
@@ -75,7 +75,8 @@ def _to_uint8_chw(img: Any, where: str) -> torch.Tensor:
     if img.dim() == 2:
         img = img.unsqueeze(0)
     if img.dim() != 3:
-        raise UserError(f"{where}: image of shape {tuple(img.shape)}; expected (C, H, W), (H, W, C) or (H, W)")
+        raise UserError(f"{where}: image of shape {tuple(img.shape)}; expected (C, H, W), (H, W, C) or "
+                        f"(H, W)")
     if img.shape[0] not in (1, 3) and img.shape[-1] in (1, 3, 4):  # HWC
         img = img.permute(2, 0, 1)
         if img.shape[0] == 4:
@@ -86,12 +87,14 @@ def _to_uint8_chw(img: Any, where: str) -> torch.Tensor:
 def _quantise(x: torch.Tensor, where: str) -> torch.Tensor:
     if x.dtype == torch.uint8:
         return x
-    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in (torch.int16, torch.int32, torch.int64)):
+    ints = (torch.int16, torch.int32, torch.int64)
+    if x.dtype == torch.bool or not (x.is_floating_point() or x.dtype in ints):
         raise UserError(f"{where}: images of dtype {x.dtype}; use uint8 (0..255) or float (0..1)")
     if x.is_floating_point():
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1.0 + 1e-6:
-            raise UserError(f"{where}: float images must lie in [0, 1] (found {lo:.3g}..{hi:.3g}); pass uint8 "
+            raise UserError(f"{where}: float images must lie in [0, 1] (found {lo:.3g}..{hi:.3g}); pass "
+                            f"uint8 "
                             "0..255, or transform= to feed already-normalised tensors as they are")
         return (x * 255).round().to(torch.uint8)
     if int(x.min()) < 0 or int(x.max()) > 255:
@@ -102,7 +105,8 @@ def _quantise(x: torch.Tensor, where: str) -> torch.Tensor:
 def _label(y: Any, where: str) -> int:
     if isinstance(y, torch.Tensor):
         if y.numel() != 1:
-            raise UserError(f"{where}: the label is a tensor of shape {tuple(y.shape)}; return one int per item")
+            raise UserError(f"{where}: the label is a tensor of shape {tuple(y.shape)}; return one int "
+                            f"per item")
         if y.is_floating_point() or y.dtype == torch.bool:
             raise UserError(f"{where}: label {y.item()!r} is not an integer; labels are class numbers 0..K-1")
         return int(y.item())
@@ -149,14 +153,16 @@ def _pair_split(data: Any, what: str) -> _Split:
     if x.shape[0] == 0:
         raise UserError(f"{what} is empty; give at least one image per class")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise UserError(f"{what}: {x.shape[0]} images but labels of shape {tuple(y.shape)}; give one int label "
+        raise UserError(f"{what}: {x.shape[0]} images but labels of shape {tuple(y.shape)}; give one "
+                        f"int label "
                         "per image")
     if y.is_floating_point() or y.dtype == torch.bool:
         raise UserError(f"{what}: labels are {y.dtype}, not integers; labels are class numbers 0..K-1")
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dim() != 4:
-        raise UserError(f"{what}: images of shape {tuple(x.shape)}; expected (N, C, H, W), (N, H, W, C) or (N, H, W)")
+        raise UserError(f"{what}: images of shape {tuple(x.shape)}; expected (N, C, H, W), (N, H, W, C) "
+                        f"or (N, H, W)")
     if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
         x = x.permute(0, 3, 1, 2)
     return _Split(targets=y.to(torch.int64), images=_quantise(x, what).contiguous())
@@ -188,8 +194,10 @@ def _dataset_split(ds: Any, what: str, in_memory: bool | str, transform: Any) ->
         t = first if i == 0 else _to_uint8_chw(img, f"{what} item {i}")
         if t.shape != first.shape:
             a, b = "×".join(map(str, first.shape)), "×".join(map(str, t.shape))
-            raise UserError(f"{what}: images of mixed sizes or channel counts (C×H×W {a} at item 0, {b} at item "
-                            f"{i}) and no transform; pass transform= that resizes them to one size (or resize "
+            raise UserError(f"{what}: images of mixed sizes or channel counts (C×H×W {a} at item 0, {b} "
+                            f"at item "
+                            f"{i}) and no transform; pass transform= that resizes them to one size (or "
+                            f"resize "
                             "the files)")
         imgs.append(t)
         ys.append(y)
@@ -244,7 +252,8 @@ class _StreamDataset(torch.utils.data.Dataset):
         return out, self.targets[index], index
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        flip = torch.randint(0, 2, (1,), generator=g).bool() if self.flip else torch.zeros(1, dtype=torch.bool)
+        flip = (torch.randint(0, 2, (1,), generator=g).bool() if self.flip
+                else torch.zeros(1, dtype=torch.bool))
         if self.augmentation == "resized_crop":
             from .imagefolder import random_resized_crop_box
             h, w = int(x.shape[-2]), int(x.shape[-1])
@@ -290,8 +299,8 @@ class UserData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_OPTIONS = ("num_classes", "in_channels", "image_size", "classes", "transform", "eval_transform", "mean", "std",
-            "augmentation", "in_memory")
+_OPTIONS = ("num_classes", "in_channels", "image_size", "classes", "transform", "eval_transform", "mean",
+            "std", "augmentation", "in_memory")
 
 
 def user_spec(train_data: Any, test_data: Any, val_data: Any = None, *, name: str = "user",
@@ -307,7 +316,8 @@ def user_spec(train_data: Any, test_data: Any, val_data: Any = None, *, name: st
     if unknown:
         raise UserError(f"unknown data option(s) {', '.join(unknown)}; choose from {', '.join(_OPTIONS)}")
     if train_data is None:
-        raise UserError("no training data; pass train_data= (a Dataset of (image, label) or (images, labels))")
+        raise UserError("no training data; pass train_data= (a Dataset of (image, label) or (images, "
+                        "labels))")
     if test_data is None:
         raise UserError("no test data; pass test_data= (the engine reports test accuracy every epoch)")
     ud = UserData(train_data, test_data, val_data, **options)
@@ -328,7 +338,8 @@ def _build_user(spec: DatasetSpec, req: DataRequest) -> DataSplits:
     ncls = _check_labels(tr, te, va, ud)
     classes = list(ud.classes) if ud.classes is not None else [str(i) for i in range(ncls)]
     if len(classes) != ncls:
-        raise UserError(f"classes= names {len(classes)} classes but the data has {ncls}; give one name per class")
+        raise UserError(f"classes= names {len(classes)} classes but the data has {ncls}; give one name "
+                        f"per class")
 
     # shape: from the in-memory images, else from one decoded (transformed) item
     sample = tr.images[0] if tr.images is not None else None
@@ -340,7 +351,8 @@ def _build_user(spec: DatasetSpec, req: DataRequest) -> DataSplits:
     for other, what in ((te, "test"), (va, "validation")):
         if other is not None and other.images is not None and tr.images is not None \
                 and other.images.shape[1:] != tr.images.shape[1:]:
-            raise UserError(f"the {what} images are {'×'.join(map(str, other.images.shape[1:]))} (C×H×W) but the "
+            raise UserError(f"the {what} images are {'×'.join(map(str, other.images.shape[1:]))} "
+                            f"(C×H×W) but the "
                             f"training images {'×'.join(map(str, tr.images.shape[1:]))}; give both one size "
                             "(or pass transform=)")
     for key, val in (("in_channels", cin), ("image_size", size)):
@@ -414,8 +426,8 @@ def _stats(split: _Split, seed: int) -> tuple[tuple[float, ...], tuple[float, ..
 
 
 def _stream_splits(spec: DatasetSpec, req: DataRequest, tr: _Split, te: _Split, va: _Split | None,
-                   ud: UserData, *, classes: list[str], ncls: int, mean: Sequence[float], std: Sequence[float],
-                   pad: int, flip: bool, aug: str, cin: int, size: int) -> DataSplits:
+                   ud: UserData, *, classes: list[str], ncls: int, mean: Sequence[float],
+                   std: Sequence[float], pad: int, flip: bool, aug: str, cin: int, size: int) -> DataSplits:
     from .imagefolder import ImageFolderLoader
 
     def streamed(s: _Split, train: bool) -> _Split:
@@ -424,8 +436,8 @@ def _stream_splits(spec: DatasetSpec, req: DataRequest, tr: _Split, te: _Split, 
         pairs = _TensorItems(s.images, s.targets)
         return _Split(targets=s.targets, dataset=pairs, indices=list(range(len(s.targets))))
 
-    common = dict(mean=mean, std=std, rank=req.rank, world_size=req.world_size, channels_last=req.channels_last,
-                  device=req.device, seed=req.seed, workers=req.workers)
+    common = dict(mean=mean, std=std, rank=req.rank, world_size=req.world_size,
+                  channels_last=req.channels_last, device=req.device, seed=req.seed, workers=req.workers)
     tr, te = streamed(tr, True), streamed(te, False)
     num_val = req.val_split
     if req.val_split:
@@ -438,9 +450,9 @@ def _stream_splits(spec: DatasetSpec, req: DataRequest, tr: _Split, te: _Split, 
     tr, te = _head(tr, req.limit_train), _head(te, req.limit_test)
     kw = dict(augmentation=aug, pad=pad, flip=flip, seed=req.seed)
     ev = ud.eval_transform or ud.transform
-    train = ImageFolderLoader(_StreamDataset(tr, train=True, augment=req.augment, transform=ud.transform, **kw),
-                              batch_size=req.batch_size, shuffle=True, drop_last=req.drop_last_train,
-                              even_shards=True, **common)
+    train_ds = _StreamDataset(tr, train=True, augment=req.augment, transform=ud.transform, **kw)
+    train = ImageFolderLoader(train_ds, batch_size=req.batch_size, shuffle=True,
+                              drop_last=req.drop_last_train, even_shards=True, **common)
     test = ImageFolderLoader(_StreamDataset(te, train=False, augment=False, transform=ev, **kw),
                              batch_size=req.eval_batch_size, shuffle=False, even_shards=False, **common)
     val = None
@@ -483,7 +495,8 @@ def _import(spec: str) -> Callable[..., Any]:
             obj = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
         if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
-            raise UserError(f"dataset {spec!r}: no module named {e.name!r}; run from the folder that holds it "
+            raise UserError(f"dataset {spec!r}: no module named {e.name!r}; run from the folder that "
+                            f"holds it "
                             "or add that folder to PYTHONPATH") from e
         raise UserError(f"dataset {spec!r}: importing {mod_name!r} failed: {e}") from e
     except Exception as e:  # noqa: BLE001 - the user's module may raise anything at import time
@@ -524,13 +537,15 @@ def _build_factory(spec: DatasetSpec, req: DataRequest) -> DataSplits:
         first = (str(e).strip().splitlines() or [""])[0]
         raise UserError(f"dataset {spec.name!r}: calling it failed ({type(e).__name__}: {first}); "
                         "SEMCKD_DEBUG=1 shows the traceback") from e
-    contract = ("return (train, test), (train, test, val) or a dict with 'train', 'test' (and optional 'val', "
+    contract = ("return (train, test), (train, test, val) or a dict with 'train', 'test' (and optional "
+                "'val', "
                 "'num_classes', 'classes', 'transform', ...)")
     if isinstance(out, UserData):
         ud = out
     elif isinstance(out, dict):
         if "train" not in out or "test" not in out:
-            raise UserError(f"dataset {spec.name!r}: the factory returned a dict with keys {sorted(out)}; {contract}")
+            raise UserError(f"dataset {spec.name!r}: the factory returned a dict with keys "
+                            f"{sorted(out)}; {contract}")
         ud = user_spec(out.pop("train"), out.pop("test"), out.pop("val", None), name=spec.name,
                        **out).extra["data"]
     elif isinstance(out, (tuple, list)) and len(out) in (2, 3) and not _is_pair(out):
@@ -557,7 +572,8 @@ class _FileDataset:
             with image_mod.open(self.paths[i]) as im:
                 img = im.convert(self.mode)
         except Exception as e:  # noqa: BLE001 - PIL raises several types for bad files
-            raise UserError(f"{self.paths[i]}: cannot decode image ({type(e).__name__}: {e}); remove or replace "
+            raise UserError(f"{self.paths[i]}: cannot decode image ({type(e).__name__}: {e}); remove or "
+                            f"replace "
                             "the file") from None
         return img, self.targets[i]
 
@@ -576,7 +592,8 @@ def _read_csv(path: Path) -> tuple[list[str], list[str]]:
         if pcol is None or lcol is None:
             missing = "path" if pcol is None else "label"
             names = _PATH_COLS if pcol is None else _LABEL_COLS
-            raise UserError(f"{path}: no {missing} column in the header ({', '.join(rows[0])}); name it one of "
+            raise UserError(f"{path}: no {missing} column in the header ({', '.join(rows[0])}); name it "
+                            f"one of "
                             f"{', '.join(names)}")
         rows = rows[1:]
     else:
@@ -598,7 +615,8 @@ def csv_splits(spec: DatasetSpec, req: DataRequest) -> DataSplits:
         raise UserError("--dataset csv needs --data-dir DIR holding train.csv and test.csv (path,label rows)")
     root = Path(req.data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"--data-dir {str(root)!r} is not a folder; pass the folder holding train.csv and test.csv")
+        raise UserError(f"--data-dir {str(root)!r} is not a folder; pass the folder holding train.csv "
+                        f"and test.csv")
     files = {s: root / f"{s}.csv" for s in ("train", "test", "val")}
     for s in ("train", "test"):
         if not files[s].is_file():
@@ -620,7 +638,8 @@ def csv_splits(spec: DatasetSpec, req: DataRequest) -> DataSplits:
         for k, p in enumerate(paths):
             fp = Path(p) if Path(p).is_absolute() else files[s].parent / p
             if not fp.is_file():
-                raise UserError(f"{files[s]} row {k + 1}: file {p!r} does not exist (paths are relative to the "
+                raise UserError(f"{files[s]} row {k + 1}: file {p!r} does not exist (paths are relative "
+                                f"to the "
                                 "CSV's folder); fix the row or add the file")
             full.append(str(fp))
         if numeric:
@@ -637,7 +656,8 @@ def csv_splits(spec: DatasetSpec, req: DataRequest) -> DataSplits:
                 with _pil().open(full[0]) as im:
                     mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
             except Exception as e:  # noqa: BLE001
-                raise UserError(f"{full[0]}: cannot decode image ({type(e).__name__}: {e}); remove or replace "
+                raise UserError(f"{full[0]}: cannot decode image ({type(e).__name__}: {e}); remove or "
+                                f"replace "
                                 "the file") from None
         splits[s] = _FileDataset(full, ys, mode)
     ud = UserData(splits["train"], splits["test"], splits.get("val"), classes=classes)
