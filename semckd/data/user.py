@@ -229,26 +229,28 @@ class _StreamDataset(torch.utils.data.Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         s = derive_seed(self.seed, epoch, f"img{index}" if self.train else f"eval{index}")
         where = f"item {self.indices[index]}"
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):  # the user's transform draws from the global RNGs
-            torch.manual_seed(s)
-            random.seed(s)
-            np.random.seed(s % 2 ** 32)
-            try:
-                img, _ = _item(self.base, self.indices[index], "data")
-                if self.transform is not None:
-                    img = self.transform(img)
-                    if isinstance(img, torch.Tensor) and img.is_floating_point():
-                        out = img.float()
-                    else:
-                        out = _to_uint8_chw(img, where).float()
+        # the user's transform draws from the global RNGs: seed them per sample, restore them after (CPU
+        # generator only: torch.manual_seed would also seed, and lazily initialise, CUDA every item)
+        py_state, np_state, t_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        torch.default_generator.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s % 2 ** 32)
+        try:
+            img, _ = _item(self.base, self.indices[index], "data")
+            if self.transform is not None:
+                img = self.transform(img)
+                if isinstance(img, torch.Tensor) and img.is_floating_point():
+                    out = img.float()
                 else:
-                    out = _to_uint8_chw(img, where)
-                    if self.train and self.augment and self.augmentation != "none":
-                        out = self._augment(out, torch.Generator().manual_seed(s))
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+                    out = _to_uint8_chw(img, where).float()
+            else:
+                out = _to_uint8_chw(img, where)
+                if self.train and self.augment and self.augmentation != "none":
+                    out = self._augment(out, torch.Generator().manual_seed(s))
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            torch.set_rng_state(t_state)
         return out, self.targets[index], index
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
