@@ -226,6 +226,8 @@ def test_python_train_then_distill_semckd_and_crd_on_a_pil_dataset(fm, tmp_path)
         assert r["method"] == method and r["final_acc"] > 10.0  # the teacher's knowledge shows after 1 epoch
     ck = torch.load(tmp_path / "semckd" / "last.pt", weights_only=True)
     assert ck["dataset"] == "user" and ck["input_size"] == [28, 28] and ck["num_classes"] == 10
+    rc = main(["eval", "--checkpoint", str(tmp_path / "semckd" / "best.pt")])
+    assert rc == 2  # no name finds Python-given data again: one line says to name a factory instead
 
 
 # ---------------------------------------------------------------------- item 2: the CLI

@@ -152,6 +152,9 @@ def canonical_name(dataset: str) -> str:
     _load_builtins()
     key = _key(dataset)
     key = _ALIASES.get(key, key)
+    if key == "user":
+        raise UserError("this run's data was given from Python (semckd.train), so no name finds it again; "
+                        "pass --dataset MODULE:FUNCTION returning the same data (or csv --data-dir DIR)")
     if key not in _SPECS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of: {', '.join(_SPECS)}, or name "
                         "your own as MODULE:FUNCTION")
