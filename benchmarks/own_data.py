@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--train", action="store_true", help="also time training epochs of resnet8, (a) vs (b)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved training repeats (best reported)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,16 +101,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from semckd.config import resolve_config
         from semckd.engine import train
         tensors = {"data": ((xtr, ytr), (xte, yte))}
-        for name, extra in (("(a) built-in IDX", {}), ("(b) user tensors", tensors)):
-            flags = dict(dataset="fashion_mnist" if not extra else "user", model="resnet8", epochs=2,
-                         batch_size=args.batch_size, limit_train=args.limit, out=str(tmp / name[:3]),
-                         quiet=True, force=True, amp="none", workers=args.workers, device=args.device)
-            cfg, _ = resolve_config("teacher", flags=flags)
-            t0 = time.perf_counter()
-            train(cfg, *extra["data"]) if extra else train(cfg)
-            m = [json.loads(r) for r in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
-            rows.append({"form": name, "train_images_per_s": round(max(r["images_per_s"] for r in m))})
-            print(json.dumps(rows[-1]), flush=True)
+        best: dict[str, float] = {}
+        for rep in range(args.repeats):  # interleaved, best of each: a busy machine's load drifts
+            for name, extra in (("(a) built-in IDX", {}), ("(b) user tensors", tensors)):
+                flags = dict(dataset="fashion_mnist" if not extra else "user", model="resnet8", epochs=1,
+                             batch_size=args.batch_size, limit_train=args.limit, out=str(tmp / name[:3]),
+                             quiet=True, force=True, amp="none", workers=args.workers, device=args.device)
+                cfg, _ = resolve_config("teacher", flags=flags)
+                train(cfg, *extra["data"]) if extra else train(cfg)
+                m = [json.loads(r) for r in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+                best[name] = max(best.get(name, 0.0), max(r["images_per_s"] for r in m))
+                line = {"form": name, "rep": rep, "train_images_per_s": round(best[name])}
+                print(json.dumps(line), flush=True)
+        rows += [{"form": k, "train_images_per_s": round(v)} for k, v in best.items()]
         del semckd
     return rows
 
