@@ -201,6 +201,9 @@ def test_streamed_dataset_is_deterministic_and_transform_is_used(fm) -> None:
     t = splits(PILDataset(xtr, ytr), PILDataset(xte, yte), transform=transform)
     x, _, _ = next(iter(t.test))
     assert seen and torch.allclose(x, xte[:64].float() / 255 - 0.5, atol=1e-6)
+    pair = splits((xtr, ytr), (xte, yte), transform=lambda im: im.float() / 255 - 0.5)  # tensors + transform
+    assert type(pair.train).__name__ == "ImageFolderLoader"
+    assert torch.allclose(next(iter(pair.test))[0], xte[:64].float() / 255 - 0.5, atol=1e-6)
 
 
 def test_large_images_get_resized_crop_in_memory() -> None:

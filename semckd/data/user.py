@@ -267,6 +267,14 @@ class _StreamDataset(torch.utils.data.Dataset):
         return crop_flip(x[None], o[0], o[1], flip, self.pad)[0]
 
 
+def _as_stream(s: _Split) -> _Split:
+    """In-memory images as (image, label) items, for the streamed path (a transform given)."""
+    if s.images is None:
+        return s
+    return _Split(targets=s.targets, dataset=_TensorItems(s.images, s.targets),
+                  indices=list(range(len(s.targets))))
+
+
 def _subset(split: _Split, idx: torch.Tensor | list[int]) -> _Split:
     idx_t = torch.as_tensor(idx, dtype=torch.int64)
     if split.images is not None:
@@ -344,10 +352,13 @@ def _build_user(spec: DatasetSpec, req: DataRequest) -> DataSplits:
                         f"per class")
 
     # shape: from the in-memory images, else from one decoded (transformed) item
-    sample = tr.images[0] if tr.images is not None else None
-    if sample is None:
-        probe = _StreamDataset(tr, train=False, augment=False, transform=ud.eval_transform or ud.transform,
-                               seed=req.seed, augmentation="none", pad=0, flip=False)
+    ev = ud.eval_transform or ud.transform
+    in_memory_run = ev is None and all(s.images is not None for s in (tr, te, va) if s is not None)
+    if in_memory_run:
+        sample = tr.images[0]
+    else:  # what the loader will yield: one item through the (eval) transform
+        probe = _StreamDataset(_as_stream(tr), train=False, augment=False, transform=ev, seed=req.seed,
+                               augmentation="none", pad=0, flip=False)
         sample = probe[0][0]
     cin, size = int(sample.shape[0]), int(sample.shape[-1])
     for other, what in ((te, "test"), (va, "validation")):
@@ -374,9 +385,9 @@ def _build_user(spec: DatasetSpec, req: DataRequest) -> DataSplits:
             raise UserError(f"mean= and std= need {cin} values each (one per channel)")
         mean, std = tuple(map(float, ud.mean)), tuple(map(float, ud.std))
     else:
-        mean, std = _stats(tr, req.seed)
+        mean, std = _stats(tr, req.seed, ev)
 
-    if tr.images is not None and te.images is not None and (va is None or va.images is not None):
+    if in_memory_run:
         return memory_splits(spec.name, req, tr.images, tr.targets, te.images, te.targets, classes,
                              num_classes=ncls, mean=mean, std=std, pad=pad, flip=flip, augmentation=aug,
                              xva=va.images if va is not None else None,
@@ -409,16 +420,17 @@ def _check_labels(tr: _Split, te: _Split, va: _Split | None, ud: UserData) -> in
     return ncls
 
 
-def _stats(split: _Split, seed: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of pixel/255 over the training images (up to 2000 evenly spaced when streamed)."""
-    if split.images is not None:
+def _stats(split: _Split, seed: int, transform: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of pixel/255 over the training images (up to 2000 evenly spaced when streamed,
+    through the eval transform when there is one)."""
+    if split.images is not None and transform is None:
         x = split.images
         step = max(1, x.shape[0] // 20000)
         x = x[::step].float().div_(255)
     else:
         n = len(split.targets)
         picks = sorted({i * n // min(n, 2000) for i in range(min(n, 2000))})
-        probe = _StreamDataset(split, train=False, augment=False, transform=None, seed=seed,
+        probe = _StreamDataset(_as_stream(split), train=False, augment=False, transform=transform, seed=seed,
                                augmentation="none", pad=0, flip=False)
         x = torch.stack([probe[i][0] for i in picks]).float().div_(255)
     dims = [0, 2, 3]
@@ -432,22 +444,16 @@ def _stream_splits(spec: DatasetSpec, req: DataRequest, tr: _Split, te: _Split, 
                    std: Sequence[float], pad: int, flip: bool, aug: str, cin: int, size: int) -> DataSplits:
     from .imagefolder import ImageFolderLoader
 
-    def streamed(s: _Split, train: bool) -> _Split:
-        if s.images is None:
-            return s
-        pairs = _TensorItems(s.images, s.targets)
-        return _Split(targets=s.targets, dataset=pairs, indices=list(range(len(s.targets))))
-
     common = dict(mean=mean, std=std, rank=req.rank, world_size=req.world_size,
                   channels_last=req.channels_last, device=req.device, seed=req.seed, workers=req.workers)
-    tr, te = streamed(tr, True), streamed(te, False)
+    tr, te = _as_stream(tr), _as_stream(te)
     num_val = req.val_split
     if req.val_split:
         tr_idx, va_idx = stratified_holdout(tr.targets, req.val_split, req.val_seed)
         va = _subset(tr, va_idx)
         tr = _subset(tr, tr_idx)
     elif va is not None:
-        va = streamed(va, False)
+        va = _as_stream(va)
         num_val = len(va.targets)
     tr, te = _head(tr, req.limit_train), _head(te, req.limit_test)
     kw = dict(augmentation=aug, pad=pad, flip=flip, seed=req.seed)
