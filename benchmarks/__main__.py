@@ -21,6 +21,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "reference": ("benchmarks.reference", "SemCKD criterion alone: the per-pair reference vs the library"),
     "epoch": ("benchmarks.epoch", "whole epochs (data + step): DataLoader+PIL+reference vs the defaults"),
     "data_pipeline": ("benchmarks.data_pipeline", "data side only: on-device augmentation vs PIL"),
+    "own_data": ("benchmarks.own_data", "a user's data four ways (tensors, PIL, CSV) vs the IDX loader"),
     "protocol": ("benchmarks.protocol", "the equal-budget Fashion-MNIST tables (benchmarks/results/)"),
     "accuracy_table": ("benchmarks.accuracy_table", "the Fashion-MNIST accuracy table through the CLI"),
     "make_recipes": ("benchmarks.make_recipes", "write configs/{cifar100,imagenet}/** and docs/recipes.md"),

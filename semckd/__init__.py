@@ -4,6 +4,7 @@ Public API::
 
     from semckd import SemCKD, FeatureTap, discover_stages, model_layout, create_model, list_models
     from semckd import build_distiller, list_methods, Distiller
+    from semckd import train, register_dataset, list_datasets      # a user's own data (README)
 
 Attributes are imported lazily so ``semckd --help`` and light submodules load fast.
 """
@@ -28,6 +29,9 @@ _EXPORTS = {
     "build_distiller": "semckd.methods",
     "list_methods": "semckd.methods",
     "register_method": "semckd.methods",
+    "register_dataset": "semckd.data",
+    "list_datasets": "semckd.data",
+    "train": "semckd.api",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

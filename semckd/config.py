@@ -71,7 +71,9 @@ class TrainConfig:
 
     kind: str = _f("distill", "what the run trains: 'teacher' (train-teacher) or 'distill'", cli=False)
     # ---- what to train
-    dataset: str = _f("cifar100", "dataset: fashion_mnist, mnist, cifar10, cifar100, imagefolder")
+    dataset: str = _f("cifar100", "dataset: fashion_mnist, mnist, cifar10, cifar100, imagefolder, csv (with "
+                                  "--data-dir holding train.csv/test.csv), or your own factory as "
+                                  "MODULE:FUNCTION")
     data_dir: str | None = _f(None, "folder holding the dataset files (default: $SEMCKD_DATA_DIR or ./data, "
                                     "then, for Fashion-MNIST, /usr/share/datasets/fashion-mnist)")
     download: bool = _f(False, "download the dataset if it is missing")
@@ -445,7 +447,8 @@ def resolve_config(
         cfg.lr = default_lr(cfg.model)
     if not cfg.out and cfg.model:
         model = cfg.model.replace(":", "-")  # an import path pkg.mod:factory makes no odd folder name
-        cfg.out = str(Path("runs") / cfg.dataset / f"{model}_{cfg.method_spec.replace('+', '-')}")
+        data = cfg.dataset.replace(":", "-")  # as for the model: no odd folder name
+        cfg.out = str(Path("runs") / data / f"{model}_{cfg.method_spec.replace('+', '-')}")
     _validate(cfg)
     return cfg, explicit
 

@@ -322,20 +322,31 @@ class Trainer:
 
 
 @contextlib.contextmanager
-def open_run(cfg: TrainConfig) -> Iterator[Run]:
-    """The :class:`Run` of ``cfg``, set up in deterministic mode when asked; on exit its metrics log,
-    forward hooks and process group are closed (also when setup fails halfway)."""
+def open_run(cfg: TrainConfig, data_spec: Any = None) -> Iterator[Run]:
+    """The :class:`Run` of ``cfg`` (on ``data_spec``, a user's data, when given), set up in deterministic
+    mode when asked; on exit its metrics log, forward hooks and process group are closed (also when
+    setup fails halfway)."""
     # a TrainConfig built in Python skips load_config: the one option rule runs here too (idempotent)
     cfg.method_args = check_method(cfg.method_spec, cfg.method_args)
     with determinism(cfg.deterministic), contextlib.ExitStack() as cleanup:
         try:
-            yield build_run(cfg, cleanup)
+            yield build_run(cfg, cleanup, data_spec)
         except torch.OutOfMemoryError:
             raise UserError(f"out of device memory with batch size {cfg.batch_size}; lower --batch-size "
                             "or try --amp bf16 (the last checkpoint, if any, is kept)") from None
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) the training described by ``cfg``; returns the run.json summary."""
-    with open_run(cfg) as run:
+def train(cfg: TrainConfig, train_data: Any = None, test_data: Any = None, val_data: Any = None,
+          **data_options: Any) -> dict[str, Any]:
+    """Run (or resume) the training described by ``cfg``; returns the run.json summary.
+
+    ``train_data``/``test_data`` (and optional ``val_data``) replace ``cfg.dataset`` with a user's own
+    data: a map-style Dataset of ``(image, label)`` or an ``(images, labels)`` pair; ``data_options`` are
+    :func:`semckd.data.user.user_spec`'s (``num_classes``, ``transform``, ...).
+    """
+    spec = None
+    if train_data is not None or test_data is not None or val_data is not None or data_options:
+        from .data.user import user_spec
+        spec = user_spec(train_data, test_data, val_data, name=cfg.dataset, **data_options)
+    with open_run(cfg, spec) as run:
         return Trainer(run).fit()

@@ -245,9 +245,10 @@ def setup_run_folder(cfg: TrainConfig, env: D.DistEnv, log: Log
 
 
 def setup_data_loaders(cfg: TrainConfig, env: D.DistEnv, device: torch.device, precision: Precision,
-                       batch: int, log: Log) -> Data:
-    """The train/val/test loaders. A method tied to the batch size (SemCKD's faithful mode) says so
-    before the data is built: its training loader then yields full batches only."""
+                       batch: int, log: Log, data_spec: Any = None) -> Data:
+    """The train/val/test loaders: of ``cfg.dataset``, or of ``data_spec`` (a user's data given from
+    Python, :func:`semckd.data.user.user_spec`). A method tied to the batch size (SemCKD's faithful mode)
+    says so before the data is built: its training loader then yields full batches only."""
     from .data import build_splits
     from .methods.registry import any_batch_size_hint, needs_full_batches
 
@@ -256,7 +257,7 @@ def setup_data_loaders(cfg: TrainConfig, env: D.DistEnv, device: torch.device, p
     eval_bs = cfg.eval_batch_size or batch
     seed_all(cfg.seed)
     train, val, test, info = build_splits(
-        cfg.dataset, cfg.data_dir, batch, device=device, download=cfg.download,
+        data_spec or cfg.dataset, cfg.data_dir, batch, device=device, download=cfg.download,
         limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=full, seed=cfg.seed,
         rank=env.rank, world_size=env.world_size, channels_last=precision.channels_last,
         workers=cfg.workers, augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
@@ -439,14 +440,15 @@ def open_run_folder(cfg: TrainConfig, env: D.DistEnv, to_delete: list[Path], sta
     return metrics
 
 
-def build_run(cfg: TrainConfig, cleanup: contextlib.ExitStack) -> Run:
-    """The steps above, in order, into one :class:`Run` (see the module docstring)."""
+def build_run(cfg: TrainConfig, cleanup: contextlib.ExitStack, data_spec: Any = None) -> Run:
+    """The steps above, in order, into one :class:`Run` (see the module docstring); ``data_spec`` is a
+    user's data given from Python, in place of ``cfg.dataset``."""
     check_models(cfg)
     env, device, batch = setup_env(cfg, cleanup)
     log = Log(env, cfg.quiet)
     to_delete, ck = setup_run_folder(cfg, env, log)
     precision = Precision.resolve(cfg.amp, cfg.channels_last, device)  # the run's one decision
-    data = setup_data_loaders(cfg, env, device, precision, batch, log)
+    data = setup_data_loaders(cfg, env, device, precision, batch, log, data_spec)
     student, teacher, teacher_meta = setup_teacher_student_models(cfg, data, device, precision, log)
     distiller, eval_model = setup_distiller(cfg, data, student, teacher, device, precision, env, log, cleanup)
     optimizer, scheduler, scaler = setup_optimizer(cfg, distiller, device, precision)

@@ -354,11 +354,6 @@ def load_training_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], P
     return ckpt, p
 
 
-# input size of each dataset's images as the engine feeds them (image folders: the 224 centre crop); only
-# for checkpoints written before the engine recorded ``input_size``
-_INPUT_SIZE = {"fashion_mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "imagefolder": 224}
-
-
 @dataclass
 class CheckpointRecord:
     """``last.pt`` / ``best.pt`` (format ``semckd-ckpt-v1``): what the engine writes after an epoch.
@@ -441,7 +436,9 @@ def _dataset_stats(dataset: str) -> tuple[int, tuple[float, ...], tuple[float, .
     except (UserError, ValueError):
         return None
     d = dataset_defaults(name)
-    size = int(d.get("image_size") or _INPUT_SIZE.get(name, 0)) or None
+    if d.get("mean") is None:  # a dataset whose numbers only its data knows (csv): nothing to fall back on
+        return None
+    size = int(d.get("image_size") or 0) or None  # the spec's input size (image folders: the 224 crop)
     return size, tuple(d["mean"]), tuple(d["std"])  # type: ignore[return-value]
 
 

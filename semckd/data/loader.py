@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 
-__all__ = ["DeviceLoader", "Normalizer", "crop_flip", "derive_seed", "epoch_order", "shard_size"]
+__all__ = ["DeviceLoader", "Normalizer", "crop_flip", "derive_seed", "epoch_order", "resized_crop_flip",
+           "shard_size"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -91,6 +92,26 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.T
     return x.reshape(b, c, hp * wp).gather(2, lin).view(b, c, h, w)
 
 
+def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Batched random-resized crop back to the input size + horizontal flip, as one ``grid_sample``.
+
+    ``boxes`` is (B, 4) float ``(left, top, width, height)`` in pixels of the (B, C, H, W) batch ``x``;
+    bilinear resampling, float32 output in the input's value range (0..255 for uint8 images).
+    """
+    b, c, h, w = x.shape
+    bx = boxes.to(x.device, torch.float32)
+    sx, sy = bx[:, 2] / w, bx[:, 3] / h
+    cx = (bx[:, 0] + bx[:, 2] / 2) / w * 2 - 1
+    cy = (bx[:, 1] + bx[:, 3] / 2) / h * 2 - 1
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = torch.where(flip.to(x.device), -sx, sx)
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class Normalizer:
     """uint8 NCHW → float32 ``(x/255 - mean)/std`` on the batch's device, as one fused multiply-add."""
 
@@ -124,7 +145,8 @@ class DeviceLoader:
                  mean: Sequence[float], std: Sequence[float], shuffle: bool = False,
                  drop_last: bool = False, augment: bool = False, pad: int = 0, flip: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, channels_last: bool = False,
-                 device: torch.device | str | None = None, even_shards: bool = True) -> None:
+                 device: torch.device | str | None = None, even_shards: bool = True,
+                 resized_crop: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -148,6 +170,7 @@ class DeviceLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last = channels_last
         self.even_shards = even_shards
+        self.resized_crop = resized_crop  # random-resized crop instead of padded crop (large images)
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.normalize = Normalizer(mean, std, self.device, channels_last)
         self._epoch = 0
@@ -188,6 +211,17 @@ class DeviceLoader:
         """Per-sample (oy, ox, flip) for the whole dataset: one small CPU draw + one copy per epoch."""
         g = _generator(self.seed, epoch, "augment")
         n = self.dataset_size
+        if self.resized_crop:
+            import random
+
+            from .imagefolder import random_resized_crop_box
+            rng = random.Random(derive_seed(self.seed, epoch, "resized_crop"))
+            h, w = int(self.images.shape[-2]), int(self.images.shape[-1])
+            boxes = torch.tensor([random_resized_crop_box(w, h, rng) for _ in range(n)], dtype=torch.float32)
+            boxes[:, 2:] -= boxes[:, :2]  # (left, top, right, bottom) -> (left, top, width, height)
+            flips = (torch.randint(0, 2, (n,), generator=g).bool() if self.flip
+                     else torch.zeros(n, dtype=torch.bool))
+            return boxes.to(self.device), flips.to(self.device), flips.to(self.device)
         offs = torch.randint(0, 2 * self.pad + 1, (2, n), generator=g)
         if self.flip:
             flips = torch.randint(0, 2, (n,), generator=g).bool()
@@ -213,7 +247,9 @@ class DeviceLoader:
             try:
                 idx = order[b * self.batch_size:(b + 1) * self.batch_size]
                 x = self.images.index_select(0, idx)
-                if params is not None:
+                if params is not None and self.resized_crop:
+                    x = resized_crop_flip(x, params[0].index_select(0, idx), params[1].index_select(0, idx))
+                elif params is not None:
                     oy, ox, fl = (p.index_select(0, idx) for p in params)
                     x = crop_flip(x, oy, ox, fl, self.pad)
                 batch = (self.normalize(x), self.targets.index_select(0, idx), idx)
