@@ -19,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 WRAPPER = ROOT / "benchmarks" / "gpu_check.sh"
-NO_GPU_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}  # refuses even on a GPU box
+# refuses even on a GPU box; PYTHON: the wrapper starts this interpreter, not PATH's python3
+# (tests/test_launch.py)
+NO_GPU_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
 
 
 def _load(name: str, path: Path):
