@@ -141,7 +141,7 @@ def to_argv(file: str, command: str) -> list[str]:
         sub = words[1] if len(words) > 1 else ""
         extra = SHRINK if sub in TRAINS else BENCH_SHRINK if sub == "bench" else []
         return [sys.executable, "-m", "semckd", *words[1:], *extra]
-    if words[:2] in (["python3", "-m"], ["python", "-m"]):
+    if re.fullmatch(r"python3?", words[0]) and words[1:2] == ["-m"]:
         return [sys.executable, *words[1:]]
     raise AssertionError(f"{file}: no rule to run {command!r}; add one to tests/test_readme.py")
 
