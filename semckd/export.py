@@ -6,8 +6,8 @@ From a training checkpoint (``semckd-ckpt-v1``, see docs/ARCHITECTURE.md) this w
   into ``semckd.create_model(arch, num_classes=..., in_channels=...)``;
 * ``student.torchscript.pt``: a traced TorchScript module, loadable with ``torch.jit.load`` by a Python
   that has only torch (no semckd);
-* ``student.onnx``: when the ``onnx`` package (and the exporter it needs) is installed, else skipped
-  with a message;
+* ``student.onnx``: opset :data:`ONNX_OPSET`, dynamic batch axis, when the ``onnx`` package (and the
+  exporter it needs) is installed, else skipped with a message;
 * ``model.json``: architecture, classes, input channels and size, the normalisation to apply
   (``(x/255 − mean) / std`` per channel), accuracy and provenance.
 
@@ -35,9 +35,13 @@ from .defaults import BASELINE_METHOD
 from .errors import UserError
 from .runfolder import checkpoint_meta, load_training_checkpoint, read_metrics, strip_wrapper_prefixes
 
-__all__ = ["ALL_FORMATS", "ExportResult", "build_deployable", "export_checkpoint", "is_composite"]
+__all__ = ["ALL_FORMATS", "ONNX_OPSET", "ExportResult", "build_deployable", "export_checkpoint",
+           "is_composite"]
 
 ALL_FORMATS = ("state_dict", "torchscript", "onnx")
+# Pinned rather than left to the exporter's default, so a torch upgrade cannot change what the README and
+# model.json promise; ONNX Runtime >= 1.17 runs it (tests/test_export_ort.py checks it against PyTorch).
+ONNX_OPSET = 20
 
 def _teacher_from_config(cfg: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """Rebuild the run's teacher (SimKD needs its classifier) from the checkpoint the config names."""
@@ -165,13 +169,15 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> str | 
     try:
         import onnx  # noqa: F401
     except ImportError:
-        return "the onnx package is not installed (pip install onnx onnxscript)"
+        return ("the onnx package is not installed (pip install onnx onnxscript, or the checkout's onnx "
+                "extra: pip install -e '.[onnx]')")
     errors = []
     for dynamo in (False, True):
         try:
             with warnings.catch_warnings(), atomic_path(path) as tmp:
                 warnings.simplefilter("ignore")
-                kw: dict[str, Any] = dict(input_names=["images"], output_names=["logits"], dynamo=dynamo)
+                kw: dict[str, Any] = dict(input_names=["images"], output_names=["logits"], dynamo=dynamo,
+                                          opset_version=ONNX_OPSET)
                 if dynamo:
                     kw["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
                     kw["external_data"] = False
@@ -230,6 +236,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         **_accuracy(ckpt, ckpt_path),
         "source_checkpoint": str(ckpt_path),
         "files": {k: v.name for k, v in res.files.items()},
+        **({"onnx_opset": ONNX_OPSET} if "onnx" in res.files else {}),
         "notes": dep.notes,
     }
     write_text_atomic(out / "model.json", json.dumps(res.info, indent=2) + "\n")

@@ -19,7 +19,9 @@ from benchmarks import gpu_check as gc
 
 ROOT = Path(__file__).resolve().parent.parent
 WRAPPER = ROOT / "benchmarks" / "gpu_check.sh"
-NO_GPU_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}  # refuses even on a GPU box
+# refuses even on a GPU box; PYTHON: the wrapper starts this interpreter, not PATH's python3
+# (tests/test_launch.py)
+NO_GPU_ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), "PYTHON": sys.executable}
 
 
 

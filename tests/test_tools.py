@@ -278,28 +278,6 @@ def test_export_state_dict_and_torchscript(tmp_path, capsys):
     assert proc.stdout.strip() == "ok"
 
 
-def test_export_onnx_when_available(tmp_path):
-    ckpt, model = _trained_checkpoint(tmp_path)
-    from semckd.export import export_checkpoint
-
-    res = export_checkpoint(ckpt, tmp_path / "e", ["onnx"])
-    try:
-        import onnx
-    except ImportError:
-        assert "onnx" in res.skipped and "pip install onnx" in res.skipped["onnx"]
-        assert "onnx" not in res.files
-        return
-    if "onnx" in res.skipped:
-        pytest.skip(f"onnx installed but the exporter is unavailable here: {res.skipped['onnx']}")
-    onnx.checker.check_model(onnx.load(str(res.files["onnx"])))
-    from onnx.reference import ReferenceEvaluator
-
-    x = torch.randn(3, 1, 28, 28)  # a batch size other than the traced one: the batch axis is dynamic
-    got = ReferenceEvaluator(str(res.files["onnx"])).run(None, {"images": x.numpy()})[0]
-    with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_export_simkd_deploys_projector_and_teacher_head(tmp_path):
     from semckd.export import export_checkpoint
