@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.reference import ReferenceSemCKD, benchmark
-from semckd.semckd import SemCKD
+from semckd.criterion import SemCKD
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -205,69 +205,6 @@ def test_fused_path_updates_bn_running_stats_like_loop() -> None:
     assert len(changed) == 2 * 2 * 9  # mean and var of both BNs of all 9 pairs moved
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------------- official (authors') layout
-def test_official_layout_round_trip_and_cross_load() -> None:
-    m = build("fast", [(4, 4, 4), (8, 2, 2)], [(6, 4, 4), (5, 2, 2), (3, 2, 2)], 8, 4)
-    sd = m.official_state_dict()
-    assert {"query_weight0.linear1.weight", "query_weight1.linear2.bias", "key_weight2.linear1.weight",
-            "regressor12.regressor.0.weight", "regressor12.regressor.1.running_var",
-            "regressor01.regressor.4.num_batches_tracked", "regressor10.regressor.6.weight"} <= set(sd)
-    assert not any(k.startswith(("query.", "key.", "projectors.")) for k in sd)
-    assert sd["query_weight0.linear1.weight"].shape == (4, 8)  # Linear(batch 8 → 2·(8 // 4))
-    assert sd["regressor12.regressor.3.weight"].shape == (6, 6, 3, 3)
-    ref = ReferenceSemCKD([4, 8], [6, 5, 3], batch_size=8)
-    ref.load_official_state_dict(sd)
-    fs, ft = feats(8, [(4, 4, 4), (8, 2, 2)], 1), feats(8, [(6, 4, 4), (5, 2, 2), (3, 2, 2)], 2)
-    m.eval()
-    ref.eval()
-    (l1, a1), (l2, a2) = m(fs, ft), ref(fs, ft)
-    torch.testing.assert_close(a1, a2)
-    torch.testing.assert_close(l1, l2)
-    back = ref.official_state_dict()
-    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
-    ddp = {"module." + k: v for k, v in sd.items()}  # a DDP-saved dict loads too
-    SemCKD([4, 8], [6, 5, 3], batch_size=8).load_official_state_dict(ddp)
-
-
-def test_official_layout_rejects_mismatched_dicts() -> None:
-    m = SemCKD([4, 8], [6, 5], batch_size=8)
-    good = m.official_state_dict()
-    missing = {k: v for k, v in good.items() if k != "regressor11.regressor.4.running_mean"}
-    with pytest.raises(ValueError, match="missing key 'regressor11.regressor.4.running_mean'"):
-        m.load_official_state_dict(missing)
-    with pytest.raises(ValueError, match="unexpected key 'regressor22.regressor.0.weight'"):
-        m.load_official_state_dict({**good, "regressor22.regressor.0.weight": torch.zeros(1)})
-    wrong = dict(good)
-    wrong["query_weight1.linear1.weight"] = torch.zeros(4, 16)  # trained at batch size 16
-    with pytest.raises(ValueError, match=r"'query_weight1.linear1.weight' has shape \(4, 16\)"):
-        m.load_official_state_dict(wrong)
-    with pytest.raises(ValueError, match="missing key 'query_weight0"):
-        m.load_official_state_dict(m.state_dict())  # our own layout is not the official one
-    with pytest.raises(ValueError, match="state dict"):
-        m.load_official_state_dict([1, 2])  # type: ignore[arg-type]
-    # nothing was half-loaded by the failed attempts
-    assert all(torch.equal(v, good[k]) for k, v in m.official_state_dict().items())
-
-
-def test_official_layout_past_ten_layers() -> None:
-    # 11 × 3: names like regressor100 (10, 0) and regressor10 (1, 0) are distinct → representable
-    m = SemCKD([2] * 11, [3, 4, 5], batch_size=4, factor=2)
-    sd = m.official_state_dict()
-    assert "regressor100.regressor.0.weight" in sd and "regressor10.regressor.0.weight" in sd
-    assert sd["regressor100.regressor.6.weight"].shape == (3, 6, 1, 1)
-    assert sd["regressor12.regressor.6.weight"].shape == (5, 10, 1, 1)
-    other = SemCKD([2] * 11, [3, 4, 5], batch_size=4, factor=2)
-    other.load_official_state_dict(sd)
-    assert all(torch.equal(v, sd[k]) for k, v in other.official_state_dict().items())
-    # 12 × 11: (1, 10) and (11, 0) would both be 'regressor110' → refused in both directions
-    amb = SemCKD([2] * 12, [2] * 11, batch_size=4, factor=2)
-    with pytest.raises(ValueError, match="regressor110"):
-        amb.official_state_dict()
-    with pytest.raises(ValueError, match="ambiguous"):
-        amb.load_official_state_dict(sd)
-    amb.load_state_dict(amb.state_dict())  # our own nested layout has no such problem
 
 
 # ---------------------------------------------------------------------- modes and input checks

@@ -22,19 +22,18 @@ square of the student's/teacher's height only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import emulation_active, suspend_emulation
+from .precision import autocast_enabled, no_autocast
 
-__all__ = ["ATTENTIONS", "MODES", "MLPEmbed", "OfficialLayoutMixin", "SemCKD", "make_projector",
-           "one_to_one_pairs", "pair_size"]
+__all__ = ["ATTENTIONS", "MODES", "MLPEmbed", "SemCKD", "make_projector", "one_to_one_pairs", "pair_size",
+           "softmax_box"]
 
 MODES = ("faithful", "batch_free")
 # "learned" is the paper; "uniform" and "one_to_one" are ablations (fixed weights, everything else equal)
@@ -105,114 +104,8 @@ def softmax_box(num_teacher: int, temperature: float = 1.0) -> tuple[float, floa
     return 1.0 / (1.0 + (num_teacher - 1) * e), e / (e + num_teacher - 1)
 
 
-def autocast_enabled(device_type: str) -> bool:
-    """``torch.is_autocast_enabled(device_type)``, also on torch < 2.4 (which took no argument)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # pragma: no cover - old torch
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-
-
-@contextlib.contextmanager
-def no_autocast(device_type: str) -> Iterator[None]:
-    """Switch autocast (and the bf16 emulation of ``amp="bf16-emulated"``) off for a block: float32
-    maths — a no-op where neither is on."""
-    with contextlib.ExitStack() as stack:
-        if autocast_enabled(device_type):
-            stack.enter_context(torch.autocast(device_type, enabled=False))
-        if emulation_active():
-            stack.enter_context(suspend_emulation())
-        yield
-
-
 def _pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
-
-
-# ---------------------------------------------------------------------- official (authors') weight layout
-class OfficialLayoutMixin:
-    """Conversion between this library's layout and the authors' ``SelfA`` state-dict keys.
-
-    Shared by :class:`SemCKD` and :class:`benchmarks.reference.ReferenceSemCKD`, which both keep
-    ``query[i]``, ``key[j]`` (:class:`MLPEmbed`) and ``projectors[i][j]`` (:func:`make_projector`).
-
-    The authors name pair modules ``'regressor' + str(i) + str(j)``; from 10 layers on two pairs can get
-    one name (``regressor110`` is (1, 10) and (11, 0)) and their ``setattr`` silently overwrites one
-    module with the other. Since S and T are known here, a name is decoded unambiguously whenever only
-    one split is valid; when two valid pairs share a name, the official layout cannot represent the
-    module and both directions raise ``ValueError``.
-    """
-
-    num_student: int
-    num_teacher: int
-
-    def _official_prefixes(self) -> dict[str, str]:
-        """internal prefix → official prefix, for every parameterised submodule."""
-        out: dict[str, str] = {}
-        for i in range(self.num_student):
-            out[f"query.{i}."] = f"query_weight{i}."
-        for j in range(self.num_teacher):
-            out[f"key.{j}."] = f"key_weight{j}."
-        owner: dict[str, tuple[int, int]] = {}
-        for i in range(self.num_student):
-            for j in range(self.num_teacher):
-                name = f"regressor{i}{j}"
-                if name in owner:
-                    raise ValueError(
-                        f"the authors' key layout is ambiguous for {self.num_student} student × "
-                        f"{self.num_teacher} teacher layers: pairs {owner[name]} and {(i, j)} are both "
-                        f"{name!r}; save/load with state_dict() instead of the official layout")
-                owner[name] = (i, j)
-                out[f"projectors.{i}.{j}."] = f"{name}.regressor."
-        return out
-
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """State in the authors' ``SelfA`` key layout (``query_weight0.linear1.weight``, ...)."""
-        prefixes = self._official_prefixes()
-        out: dict[str, torch.Tensor] = {}
-        for key, value in self.state_dict().items():  # type: ignore[attr-defined]
-            for ours, theirs in prefixes.items():
-                if key.startswith(ours):
-                    out[theirs + key[len(ours):]] = value
-                    break
-            else:  # pragma: no cover - every parameter lives under one of the prefixes
-                raise RuntimeError(f"no official name for {key!r}")
-        return out
-
-    def load_official_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load weights saved from the authors' ``SelfA`` (a leading ``module.`` from DDP is stripped).
-
-        The dict must match exactly: the first missing, unexpected or mis-shaped key is named in the
-        ``ValueError``. A faithful-mode module only accepts weights trained at its own batch size.
-        """
-        if not isinstance(sd, Mapping):
-            raise ValueError(f"expected a state dict (mapping of names to tensors), got {type(sd).__name__}")
-        sd = dict(sd)
-        if sd and all(k.startswith("module.") for k in sd):
-            sd = {k[len("module."):]: v for k, v in sd.items()}
-        own = self.official_state_dict()
-        hint = (f"this module has {self.num_student} student and {self.num_teacher} teacher layers, "
-                f"batch_size={getattr(self, 'batch_size', '?')}, factor={getattr(self, 'factor', '?')}")
-        for k in own:
-            if k not in sd:
-                raise ValueError(f"official SemCKD state dict is missing key {k!r} ({hint})")
-        for k in sd:
-            if k not in own:
-                raise ValueError(f"official SemCKD state dict has unexpected key {k!r} ({hint})")
-        for k, v in own.items():
-            got = sd[k]
-            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(v.shape):
-                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-                raise ValueError(f"official SemCKD key {k!r} has shape {shape}, expected {tuple(v.shape)} "
-                                 f"({hint})")
-        back = {theirs: ours for ours, theirs in self._official_prefixes().items()}
-        internal: dict[str, torch.Tensor] = {}
-        for k, v in sd.items():
-            for theirs, ours in back.items():
-                if k.startswith(theirs):
-                    internal[ours + k[len(theirs):]] = v
-                    break
-        self.load_state_dict(internal, strict=True)  # type: ignore[attr-defined]
 
 
 def _check_sizes(student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int,
@@ -237,7 +130,7 @@ def _check_feats(name: str, feats: Sequence[torch.Tensor], channels: Sequence[in
             raise ValueError(f"{name} feature {i} has shape {tuple(f.shape)}, expected (B, {c}, H, W)")
 
 
-class SemCKD(OfficialLayoutMixin, nn.Module):
+class SemCKD(nn.Module):
     """The SemCKD criterion: ``loss, attention = SemCKD(...)(student_feats, teacher_feats)``.
 
     ``attention`` is ``α`` with shape (B, S, T); ``loss`` is a float32 scalar (float64 for a float64
