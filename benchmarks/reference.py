@@ -145,11 +145,10 @@ def benchmark(batch_size: int = 64, repeats: int = 5, warmup: int = 1, device: s
     ref = ReferenceSemCKD(s_ch, t_ch, batch_size=batch_size).to(dev)
     weights = {k: v.clone() for k, v in ref.state_dict().items()}  # same internal layout as SemCKD
     variants: dict[str, tuple[nn.Module, bool]] = {"reference_fp32": (ref, False)}
-    for fuse in (False, True):
-        for bf16 in (False, True):
-            fast = SemCKD(s_ch, t_ch, batch_size=batch_size, fuse=fuse).to(dev)
-            fast.load_state_dict(weights)
-            variants[f"fast_{'fused' if fuse else 'loop'}_{'bf16' if bf16 else 'fp32'}"] = (fast, bf16)
+    for bf16 in (False, True):
+        fast = SemCKD(s_ch, t_ch, batch_size=batch_size).to(dev)
+        fast.load_state_dict(weights)
+        variants[f"fast_{'bf16' if bf16 else 'fp32'}"] = (fast, bf16)
     # numbers first, on identical fresh weights and BN state (train mode: batch statistics)
     with torch.no_grad():
         ref_loss = float(ref(fs, ft)[0])

@@ -34,8 +34,8 @@ class SemCKDDistiller(Distiller):
     epochs, ``beta · min(epoch / E, 1)``, as DKD and ReviewKD do: early on the projectors are random and
     a large ``beta`` can drown the CE term in a short budget. The epoch is tracked in the ``epoch``
     buffer (only when the ramp is on), so a resumed run continues it. ``torch_compile=true`` (opt-in)
-    compiles the criterion: 1.07-1.26x faster per step on CPU once compiled, but compiling takes 1-3
-    minutes, which only long runs repay (BENCHMARKS.md §8.1); it falls back to eager if compiling fails.
+    compiles the criterion: faster steps after a compile that only long runs repay (BENCHMARKS.md §8.1);
+    it falls back to eager if compiling fails.
 
     Ablations and options, not the paper: ``attention=uniform|one_to_one`` replaces the learned α by a
     fixed weighting (everything else unchanged; see :class:`semckd.criterion.SemCKD`), and
