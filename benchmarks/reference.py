@@ -3,12 +3,13 @@ installed package), written the way the authors' code is organised: the speed/nu
 
 One module per (student, teacher) pair, Python loops over layers and pairs, every pair pools its own
 inputs, float32 throughout (autocast is switched off inside). Same constructor, forward signature and
-weight layout as :class:`semckd.semckd.SemCKD` (``state_dict`` *and* the authors' official layout), so a
-benchmark can load one set of weights into both and compare time and numbers::
+weight layout as :class:`semckd.criterion.SemCKD` (``state_dict`` *and*, through :mod:`semckd.interop`,
+the authors' official layout), so a benchmark can load one set of weights into both and compare time and
+numbers::
 
     ref = ReferenceSemCKD(s_ch, t_ch, batch_size=64)
     fast = SemCKD(s_ch, t_ch, batch_size=64)
-    fast.load_official_state_dict(ref.official_state_dict())
+    fast.load_state_dict(ref.state_dict())
 
 ``python -m benchmarks reference`` (from the checkout root) times both on resnet8x4 ← resnet32x4 feature
 shapes.
@@ -23,21 +24,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from semckd.semckd import (
-    _FREE_GRID,
-    MLPEmbed,
-    OfficialLayoutMixin,
-    SemCKD,
-    _check_sizes,
-    make_projector,
-    no_autocast,
-)
+from semckd.criterion import _FREE_GRID, MLPEmbed, SemCKD, _check_sizes, make_projector
+from semckd.precision import no_autocast
 
 __all__ = ["ReferenceSemCKD", "benchmark"]
 
 
-class ReferenceSemCKD(OfficialLayoutMixin, nn.Module):
-    """Per-pair-loop SemCKD (float32 only); see :class:`semckd.semckd.SemCKD` for the method and modes."""
+class ReferenceSemCKD(nn.Module):
+    """Per-pair-loop SemCKD (float32 only); see :class:`semckd.criterion.SemCKD` for the method and modes."""
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int = 64,
                  factor: int = 4, mode: str = "faithful") -> None:
@@ -151,11 +145,10 @@ def benchmark(batch_size: int = 64, repeats: int = 5, warmup: int = 1, device: s
     ref = ReferenceSemCKD(s_ch, t_ch, batch_size=batch_size).to(dev)
     weights = {k: v.clone() for k, v in ref.state_dict().items()}  # same internal layout as SemCKD
     variants: dict[str, tuple[nn.Module, bool]] = {"reference_fp32": (ref, False)}
-    for fuse in (False, True):
-        for bf16 in (False, True):
-            fast = SemCKD(s_ch, t_ch, batch_size=batch_size, fuse=fuse).to(dev)
-            fast.load_state_dict(weights)
-            variants[f"fast_{'fused' if fuse else 'loop'}_{'bf16' if bf16 else 'fp32'}"] = (fast, bf16)
+    for bf16 in (False, True):
+        fast = SemCKD(s_ch, t_ch, batch_size=batch_size).to(dev)
+        fast.load_state_dict(weights)
+        variants[f"fast_{'bf16' if bf16 else 'fp32'}"] = (fast, bf16)
     # numbers first, on identical fresh weights and BN state (train mode: batch statistics)
     with torch.no_grad():
         ref_loss = float(ref(fs, ft)[0])

@@ -17,7 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "SemCKD": "semckd.semckd",
+    "SemCKD": "semckd.criterion",
     "FeatureTap": "semckd.features",
     "discover_stages": "semckd.features",
     "discover_head": "semckd.features",

@@ -1,7 +1,7 @@
 """Reading a layer attention from a run's per-epoch summary: is it pinned at a corner of its range?
 
 A learned SemCKD weight is a softmax of cosines (divided by a temperature τ), so for T teacher layers it
-lies in a box ``[lo, hi]`` (:func:`semckd.semckd.softmax_box`). When every mean logit sits at ±1 the
+lies in a box ``[lo, hi]`` (:func:`semckd.criterion.softmax_box`). When every mean logit sits at ±1 the
 weights sit at a corner of that box: every sample's query has collapsed onto one vector and the
 "calibration" no longer depends on the input. The engine notes it at the end of a run and ``semckd
 report`` flags it, so a user sees it without opening a plot.

@@ -23,7 +23,7 @@ float32 but rounds to bfloat16 the operands and results of every op that autocas
 so one can see whether a distillation recipe survives bf16 before renting bf16 hardware. It is a lower
 bound on bf16's rounding: elementwise ops (BN, ReLU, residual adds), which real autocast also runs in
 bf16 after a bf16 convolution, stay float32 here. Blocks that switch autocast off
-(:func:`semckd.semckd.no_autocast`, e.g. SemCKD's attention and loss reductions) switch it off too.
+(:func:`no_autocast`, e.g. SemCKD's attention and loss reductions) switch it off too.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-__all__ = ["AMP_CHOICES", "Precision", "autocast_dtype", "cast_state_writes",
-           "cpu_has_native_bf16", "emulate_bf16", "emulation_active", "resolve_amp", "resolve_channels_last",
-           "state_writes_guard", "suspend_emulation"]
+__all__ = ["AMP_CHOICES", "Precision", "autocast_dtype", "autocast_enabled", "cast_state_writes",
+           "cpu_has_native_bf16", "emulate_bf16", "emulation_active", "no_autocast", "resolve_amp",
+           "resolve_channels_last", "state_writes_guard", "suspend_emulation"]
 
 AMP_CHOICES = ("auto", "none", "bf16", "fp16", "bf16-emulated")
 _ENV = "SEMCKD_AMP"
@@ -227,6 +227,26 @@ def suspend_emulation() -> Iterator[None]:
         yield
     finally:
         _state.suspended = before
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, also on torch < 2.4 (which took no argument)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # pragma: no cover - old torch
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+@contextlib.contextmanager
+def no_autocast(device_type: str) -> Iterator[None]:
+    """Switch autocast (and the bf16 emulation of ``amp="bf16-emulated"``) off for a block: float32
+    maths — a no-op where neither is on."""
+    with contextlib.ExitStack() as stack:
+        if autocast_enabled(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+        if emulation_active():
+            stack.enter_context(suspend_emulation())
+        yield
 
 
 # ---------------------------------------------------------------------- state writes under autocast

@@ -129,8 +129,7 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 def test_emulation_rounds_low_precision_ops_forward_and_backward():
     import torch.nn.functional as F
 
-    from semckd.precision import emulate_bf16, emulation_active
-    from semckd.semckd import no_autocast
+    from semckd.precision import emulate_bf16, emulation_active, no_autocast
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 5, 5, generator=g, requires_grad=True)
@@ -157,8 +156,8 @@ def test_emulation_rounds_low_precision_ops_forward_and_backward():
 
 
 def test_emulated_semckd_loss_matches_real_bf16_autocast_more_closely_than_fp32():
+    from semckd.criterion import SemCKD
     from semckd.precision import emulate_bf16
-    from semckd.semckd import SemCKD
 
     g = torch.Generator().manual_seed(1)
     m = SemCKD([8, 16], [12, 24], batch_size=8)

@@ -11,8 +11,8 @@ import torch
 from engine_helpers import make_fashion_mnist
 
 from benchmarks.reference import ReferenceSemCKD
+from semckd.criterion import SemCKD, one_to_one_pairs, softmax_box
 from semckd.diagnostics import attention_pinned, corner_weights
-from semckd.semckd import SemCKD, one_to_one_pairs, softmax_box
 
 S_CH, T_CH, B = [4, 8], [6, 12, 12], 8
 

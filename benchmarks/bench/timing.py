@@ -23,7 +23,7 @@ from .config import PRECISIONS, BenchConfig, _sync, _threads, precision_of, reso
 def _reference_swap(distiller: nn.Module) -> None:
     """Replace the SemCKD criterion inside a ``semckd`` distiller by the per-pair-loop reference, with
     identical weights, so only the criterion's implementation differs between the two rows."""
-    from semckd.semckd import SemCKD
+    from semckd.criterion import SemCKD
 
     from ..reference import ReferenceSemCKD
 

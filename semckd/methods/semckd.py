@@ -15,7 +15,7 @@ from typing import Annotated, Any, ClassVar
 import torch
 from torch import nn
 
-from ..semckd import ATTENTIONS, MODES, SemCKD, softmax_box
+from ..criterion import ATTENTIONS, MODES, SemCKD, softmax_box
 from .base import BuildContext, Distiller, Outputs
 from .options import Count, Epochs, OneOf, Positive, Weight
 from .registry import register_method
@@ -28,18 +28,18 @@ class SemCKDDistiller(Distiller):
     """Chen et al., "Cross-Layer Distillation with Semantic Calibration" (AAAI 2021, TKDE 2022).
 
     Every student stage is matched to every teacher stage, weighted per sample by a learned attention
-    (see :class:`semckd.semckd.SemCKD`). ``mode="faithful"`` ties the attention MLPs to the training
+    (see :class:`semckd.criterion.SemCKD`). ``mode="faithful"`` ties the attention MLPs to the training
     batch size (the engine then drops the last partial batch); ``mode="batch_free"`` accepts any batch
     size (not the paper's numbers). ``factor`` sets the embedding width ``batch_size // factor``.
     ``beta_warmup=E`` (opt-in, 0 = the paper) ramps the feature term in linearly over the first ``E``
     epochs, ``beta · min(epoch / E, 1)``, as DKD and ReviewKD do: early on the projectors are random and
     a large ``beta`` can drown the CE term in a short budget. The epoch is tracked in the ``epoch``
     buffer (only when the ramp is on), so a resumed run continues it. ``torch_compile=true`` (opt-in)
-    compiles the criterion: 1.07-1.26x faster per step on CPU once compiled, but compiling takes 1-3
-    minutes, which only long runs repay (BENCHMARKS.md §8.1); it falls back to eager if compiling fails.
+    compiles the criterion: faster steps after a compile that only long runs repay (BENCHMARKS.md §8.1);
+    it falls back to eager if compiling fails.
 
     Ablations and options, not the paper: ``attention=uniform|one_to_one`` replaces the learned α by a
-    fixed weighting (everything else unchanged; see :class:`semckd.semckd.SemCKD`), and
+    fixed weighting (everything else unchanged; see :class:`semckd.criterion.SemCKD`), and
     ``attention_temperature`` is the authors' later softmax temperature (SimKD's ``--soft``; 1 = the
     paper). It is not ``temperature``, which every method already uses for its KD term (T = 4).
     Each epoch's summary holds, per (student, teacher) pair, the mean α, the mean projected MSE and

@@ -1,51 +1,38 @@
-"""SemCKD: cross-layer distillation with semantic calibration (Chen et al., AAAI 2021 / TKDE 2022).
+"""The SemCKD criterion: cross-layer distillation with semantic calibration (Chen et al., AAAI 2021).
 
-Every student layer ``s`` is matched against every teacher layer ``t``. A per-layer MLP turns each
-sample's row of the batch Gram matrix ``A = F Fᵀ`` (``F`` = feature map flattened per sample, *not*
-normalised, as in the authors' code) into a query (student) or key (teacher). The softmax over teacher
-layers of ``<q_s, k_t>`` (no temperature, as in the authors' code) gives per-sample weights
-``α[b, s, t]``. A projector per pair maps the student map onto the teacher's channels; the larger map is
-average-pooled to the smaller one (the student before projection), and
+Every student layer ``s`` is matched against every teacher layer ``t``. A per-layer MLP turns each sample's
+row of the batch Gram matrix ``A = F Fᵀ`` (``F`` = the map flattened per sample, not normalised, as in the
+authors' code) into a unit query (student) or key (teacher); ``α[b, s, t] = softmax_t(⟨q_s, k_t⟩ / τ)``.
+A projector per pair maps the student map onto the teacher's channels at the smaller of the two sizes
+(average-pooled per dimension; the authors pool to a square, the same on their square maps), and
 
     loss = Σ_b Σ_s Σ_t α[b, s, t] · mean_{c,h,w}(proj_st(s_b) − t_b)² / (B · S).
 
-Gradients reach the student features (through the projectors *and* the Gram/query path) and the
-query/key MLPs through ``α``; teacher features are detached, like the authors' training loop.
-
-The authors' code is tied to one batch size (the MLP input is a Gram row of length B). ``mode="faithful"``
-keeps that; ``mode="batch_free"`` is this library's batch-size-independent variant (see :class:`SemCKD`).
-
-Generalisations relative to the authors' ``SelfA`` (identical results on their square maps):
-non-square maps are pooled per dimension to ``(min(Hs, Ht), min(Ws, Wt))``; the authors pool to a
-square of the student's/teacher's height only.
+Gradients reach the student features (projectors and the Gram/query path) and the MLPs through α; teacher
+features are detached, as in the authors' training loop. Their weight layout: :mod:`semckd.interop`.
+Speed and memory measurements: BENCHMARKS.md (§2, §8.1).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import emulation_active, suspend_emulation
+from .precision import autocast_enabled, no_autocast
 
-__all__ = ["ATTENTIONS", "MODES", "MLPEmbed", "OfficialLayoutMixin", "SemCKD", "make_projector",
-           "one_to_one_pairs", "pair_size"]
+__all__ = ["ATTENTIONS", "MODES", "MLPEmbed", "SemCKD", "make_projector", "one_to_one_pairs", "pair_size",
+           "softmax_box"]
 
 MODES = ("faithful", "batch_free")
 # "learned" is the paper; "uniform" and "one_to_one" are ablations (fixed weights, everything else equal)
 ATTENTIONS = ("learned", "uniform", "one_to_one")
 # adaptive-pool grid of the batch_free descriptor: keeps coarse spatial layout, any input size works
 _FREE_GRID = (2, 2)
-# fuse="auto": below this mean 3×3-conv work per pair and sample (multiply-adds) the projectors are
-# overhead-bound and fusing pays. Measured on a 2-core AVX-512 CPU, B=64: 12×11 pairs at 4×4, mid 16
-# (37k MACs) fused 1.9× faster; 6×6 pairs at 8×8/4×4, mid 32/64 (590k) and resnet8x4←32x4 (≥9M) loop
-# 8–10% faster.
-_FUSE_MAX_MACS = 1 << 18
 _PairSizes = dict[tuple[int, int], tuple[int, int]]  # (s, t) → (h, w) the pair is compared at
 # torch_compile=True / a backend name: one torch.compile'd loss function per backend, shared by all modules
 # (kept off the instances so deepcopy / pickling / state_dict never see it; dynamo guards per module, shape)
@@ -105,114 +92,8 @@ def softmax_box(num_teacher: int, temperature: float = 1.0) -> tuple[float, floa
     return 1.0 / (1.0 + (num_teacher - 1) * e), e / (e + num_teacher - 1)
 
 
-def autocast_enabled(device_type: str) -> bool:
-    """``torch.is_autocast_enabled(device_type)``, also on torch < 2.4 (which took no argument)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # pragma: no cover - old torch
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-
-
-@contextlib.contextmanager
-def no_autocast(device_type: str) -> Iterator[None]:
-    """Switch autocast (and the bf16 emulation of ``amp="bf16-emulated"``) off for a block: float32
-    maths — a no-op where neither is on."""
-    with contextlib.ExitStack() as stack:
-        if autocast_enabled(device_type):
-            stack.enter_context(torch.autocast(device_type, enabled=False))
-        if emulation_active():
-            stack.enter_context(suspend_emulation())
-        yield
-
-
 def _pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == size else F.adaptive_avg_pool2d(x, size)
-
-
-# ---------------------------------------------------------------------- official (authors') weight layout
-class OfficialLayoutMixin:
-    """Conversion between this library's layout and the authors' ``SelfA`` state-dict keys.
-
-    Shared by :class:`SemCKD` and :class:`benchmarks.reference.ReferenceSemCKD`, which both keep
-    ``query[i]``, ``key[j]`` (:class:`MLPEmbed`) and ``projectors[i][j]`` (:func:`make_projector`).
-
-    The authors name pair modules ``'regressor' + str(i) + str(j)``; from 10 layers on two pairs can get
-    one name (``regressor110`` is (1, 10) and (11, 0)) and their ``setattr`` silently overwrites one
-    module with the other. Since S and T are known here, a name is decoded unambiguously whenever only
-    one split is valid; when two valid pairs share a name, the official layout cannot represent the
-    module and both directions raise ``ValueError``.
-    """
-
-    num_student: int
-    num_teacher: int
-
-    def _official_prefixes(self) -> dict[str, str]:
-        """internal prefix → official prefix, for every parameterised submodule."""
-        out: dict[str, str] = {}
-        for i in range(self.num_student):
-            out[f"query.{i}."] = f"query_weight{i}."
-        for j in range(self.num_teacher):
-            out[f"key.{j}."] = f"key_weight{j}."
-        owner: dict[str, tuple[int, int]] = {}
-        for i in range(self.num_student):
-            for j in range(self.num_teacher):
-                name = f"regressor{i}{j}"
-                if name in owner:
-                    raise ValueError(
-                        f"the authors' key layout is ambiguous for {self.num_student} student × "
-                        f"{self.num_teacher} teacher layers: pairs {owner[name]} and {(i, j)} are both "
-                        f"{name!r}; save/load with state_dict() instead of the official layout")
-                owner[name] = (i, j)
-                out[f"projectors.{i}.{j}."] = f"{name}.regressor."
-        return out
-
-    def official_state_dict(self) -> dict[str, torch.Tensor]:
-        """State in the authors' ``SelfA`` key layout (``query_weight0.linear1.weight``, ...)."""
-        prefixes = self._official_prefixes()
-        out: dict[str, torch.Tensor] = {}
-        for key, value in self.state_dict().items():  # type: ignore[attr-defined]
-            for ours, theirs in prefixes.items():
-                if key.startswith(ours):
-                    out[theirs + key[len(ours):]] = value
-                    break
-            else:  # pragma: no cover - every parameter lives under one of the prefixes
-                raise RuntimeError(f"no official name for {key!r}")
-        return out
-
-    def load_official_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
-        """Load weights saved from the authors' ``SelfA`` (a leading ``module.`` from DDP is stripped).
-
-        The dict must match exactly: the first missing, unexpected or mis-shaped key is named in the
-        ``ValueError``. A faithful-mode module only accepts weights trained at its own batch size.
-        """
-        if not isinstance(sd, Mapping):
-            raise ValueError(f"expected a state dict (mapping of names to tensors), got {type(sd).__name__}")
-        sd = dict(sd)
-        if sd and all(k.startswith("module.") for k in sd):
-            sd = {k[len("module."):]: v for k, v in sd.items()}
-        own = self.official_state_dict()
-        hint = (f"this module has {self.num_student} student and {self.num_teacher} teacher layers, "
-                f"batch_size={getattr(self, 'batch_size', '?')}, factor={getattr(self, 'factor', '?')}")
-        for k in own:
-            if k not in sd:
-                raise ValueError(f"official SemCKD state dict is missing key {k!r} ({hint})")
-        for k in sd:
-            if k not in own:
-                raise ValueError(f"official SemCKD state dict has unexpected key {k!r} ({hint})")
-        for k, v in own.items():
-            got = sd[k]
-            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(v.shape):
-                shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-                raise ValueError(f"official SemCKD key {k!r} has shape {shape}, expected {tuple(v.shape)} "
-                                 f"({hint})")
-        back = {theirs: ours for ours, theirs in self._official_prefixes().items()}
-        internal: dict[str, torch.Tensor] = {}
-        for k, v in sd.items():
-            for theirs, ours in back.items():
-                if k.startswith(theirs):
-                    internal[ours + k[len(theirs):]] = v
-                    break
-        self.load_state_dict(internal, strict=True)  # type: ignore[attr-defined]
 
 
 def _check_sizes(student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int,
@@ -237,62 +118,30 @@ def _check_feats(name: str, feats: Sequence[torch.Tensor], channels: Sequence[in
             raise ValueError(f"{name} feature {i} has shape {tuple(f.shape)}, expected (B, {c}, H, W)")
 
 
-class SemCKD(OfficialLayoutMixin, nn.Module):
-    """The SemCKD criterion: ``loss, attention = SemCKD(...)(student_feats, teacher_feats)``.
+class SemCKD(nn.Module):
+    """``loss, attention = SemCKD(s_channels, t_channels, batch_size)(student_feats, teacher_feats)``.
 
-    ``attention`` is ``α`` with shape (B, S, T); ``loss`` is a float32 scalar (float64 for a float64
-    module). Each argument is a list of (B, C, H, W) maps, shallow → deep; maps may be non-square and of
-    any size per layer.
+    Feature lists hold (B, C, H, W) maps, shallow → deep, of any size per layer; ``attention`` is α (B, S, T),
+    ``loss`` a float32 scalar (float64 for a float64 module).
 
-    Modes:
+    * ``mode="faithful"`` (the paper): the MLPs read a Gram row of length ``batch_size``, so every batch
+      must have that size (drop the last partial batch). ``"batch_free"`` (this library's variant, not the
+      paper's numbers) reads each sample's map pooled to 2×2 instead: any batch size, and a sample's α does
+      not depend on the rest of its batch (nor sees batch relations).
+    * ``factor``: the embedding width is ``batch_size // factor``.
+    * ``attention="learned"`` is the paper; ``"uniform"`` (α = 1/T) and ``"one_to_one"`` (1 on the teacher
+      layer of :func:`one_to_one_pairs`) are ablations that change only α. ``temperature`` τ divides the
+      logits (the authors' later ``--soft``; 1 = the paper); learned weights lie in :func:`softmax_box`.
+    * ``torch_compile``: True or a backend name runs the loss through ``torch.compile`` (opt-in; eager
+      with a warning if compiling fails). ``channels_last=None``: projector activations channels-last on
+      CPU and under autocast (True/False force it).
 
-    * ``"faithful"`` (default) — the paper/authors' method: a query/key MLP reads a sample's row of the
-      B×B batch Gram matrix, so the MLP input size *is* ``batch_size`` and every batch must have exactly
-      that size (a ``ValueError`` says so otherwise; drop the last partial batch).
-    * ``"batch_free"`` — this library's variant for any batch size ≥ 1 (last partial batch, batch 1,
-      evaluation one image at a time). The Gram row (how a sample relates to the *other samples of the
-      batch* at that layer) is replaced by a per-sample descriptor: the map average-pooled to a 2×2 grid
-      and flattened (4·C values, independent of B and of H×W), fed to the same MLP shape
-      (4·C → 2d → d, d = batch_size // factor, so ``batch_size`` only sets the width here). Everything
-      else — attention, projectors, loss — is unchanged. Trade-off: the attention no longer sees batch
-      relations (the paper's "semantic" similarity structure), only each sample's own coarse
-      activations; in exchange it is deterministic per sample (independent of what else is in the
-      batch), works at any batch size, and its MLP size scales with channels instead of batch size.
-      Its numbers are not the paper's; use faithful mode to reproduce the paper.
-
-    Attention (``attention=``; ``"learned"`` is the paper, the others are ablations that keep every
-    module, initialisation and the loss formula and change only α): ``"uniform"`` fixes α = 1/T for
-    every pair; ``"one_to_one"`` weights each student layer 1 on one teacher layer
-    (:func:`one_to_one_pairs`, by relative depth) and 0 elsewhere, so only those S projectors train.
-    ``temperature`` divides the logits before the softmax (the authors' later SimKD code, ``--soft``;
-    1 = the paper); the learned weights then range over :func:`softmax_box`.
-
-    Speed: the hot path is the S·T projectors, i.e. convolutions, so exact fp32 gains on big maps are
-    small. The student map is pooled once per distinct target size and the teacher once per size; the
-    attention MLPs of all layers run as one batched matmul; the loss is one batched weighting of the
-    (B, S, T) per-pair errors. ``channels_last=None`` uses channels-last activations on CPU and under
-    autocast (oneDNN's faster layout; ~2× with bf16 autocast on an AVX-512 CPU, no measurable gain in
-    fp32 on an AVX2 one); maps are converted only where no extra copy is kept for backward (pooled
-    inputs, first-conv outputs), so activation memory equals the per-pair reference's. Fusing
-    (``fuse=True``) gives pairs that read the same pooled student input one 1×1 conv (concatenated
-    weights), and pairs that share a teacher layer and size grouped 3×3 / 1×1 convs, one BN over the
-    concatenated channels (exact: BN is per channel) and one batched MSE; it keeps concatenated weights
-    for backward (parameter-sized extra memory). Numbers are equal either way (1e-6 rel.). Grouped
-    convs are slower than separate ones on big maps but remove per-pair overhead on small ones, so
-    ``fuse="auto"``
-    fuses only when the mean per-pair 3×3 work is small (see ``_FUSE_MAX_MACS``; measured on CPU only —
-    check ``python benchmarks/reference.py --device cuda`` on a GPU). The attention branch and the loss
-    reductions always run in float32 (autocast disabled); projectors follow the ambient autocast.
-
-    ``torch_compile=True`` (or a ``torch.compile`` backend name) runs the loss through ``torch.compile``
-    (static shapes; one compile per input shape and mode), falling back to eager with a warning if
-    compiling fails. Opt-in: on a 2-core CPU it made the criterion's forward+backward 1.07–1.26× faster
-    but took 70–170 s to compile (BENCHMARKS.md, "SemCKD criterion: exact FLOP/time savings"); numbers
-    within 1e-5 (loss) / 1e-6 (attention). ``state_dict`` keys are unchanged (the module is not wrapped).
+    The attention and the loss reductions stay float32 under autocast; the projectors follow it.
+    :meth:`diagnose` gives α next to each pair's projected MSE, for logging.
     """
 
     def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int], batch_size: int = 64,
-                 factor: int = 4, mode: str = "faithful", *, fuse: bool | str = "auto",
+                 factor: int = 4, mode: str = "faithful", *,
                  channels_last: bool | None = None, torch_compile: bool | str = False,
                  attention: str = "learned", temperature: float = 1.0) -> None:
         super().__init__()
@@ -305,9 +154,6 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         self.teacher_channels = [int(c) for c in teacher_channels]
         self.num_student, self.num_teacher = len(self.student_channels), len(self.teacher_channels)
         self.batch_size, self.factor, self.mode = int(batch_size), int(factor), mode
-        if fuse not in (True, False, "auto"):
-            raise ValueError(f"fuse must be True, False or 'auto', got {fuse!r}")
-        self.fuse = fuse
         self.channels_last = channels_last
         if not isinstance(torch_compile, (bool, str)):
             raise ValueError(f"torch_compile must be True, False or a torch.compile backend name, got "
@@ -460,23 +306,16 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
     def _sizes(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> _PairSizes:
         return {(s, t): pair_size(fs[s].shape[-2:], ft[t].shape[-2:]) for s, t in self.active_pairs}
 
-    def _auto_fuse(self, sizes: _PairSizes) -> bool:
-        """Fuse when pairs are small: mean 3×3-conv work per pair and sample below ``_FUSE_MAX_MACS``."""
-        macs = [(2 * self.teacher_channels[t]) ** 2 * 9 * h * w for (_, t), (h, w) in sizes.items()]
-        return sum(macs) / len(macs) < _FUSE_MAX_MACS
-
-    def _inputs(self, fs: list[torch.Tensor], ft: list[torch.Tensor], sizes: _PairSizes,
-                targets: bool = True):
-        """Pooled student inputs per (s, size) and (``targets``) pooled teacher targets per (t, size), each
-        made once."""
+    def _student_inputs(self, fs: list[torch.Tensor], sizes: _PairSizes
+                        ) -> dict[tuple[int, tuple[int, int]], torch.Tensor]:
+        """Pooled student inputs per (s, size), each made once."""
         device = fs[0].device
         cl = self._use_channels_last(device)
         if not autocast_enabled(device.type):
             dtype = self.projectors[0][0][0].weight.dtype
             fs = [f.to(dtype) for f in fs]
         xs: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
-        ys: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
-        for (s, t), size in sizes.items():
+        for (s, _), size in sizes.items():
             if (s, size) not in xs:
                 x = _pool(fs[s], size)
                 # a pooled map is a new tensor: converting it costs nothing extra. An unpooled one is the
@@ -484,18 +323,17 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
                 # saved again by the first conv, so it is converted after that conv instead.
                 pooled = x is not fs[s]
                 xs[(s, size)] = x.contiguous(memory_format=torch.channels_last) if cl and pooled else x
-            if targets and (t, size) not in ys:
-                ys[(t, size)] = _pool(ft[t], size)
-        return xs, ys
+        return xs
 
     @staticmethod
     def _sample_mse(out: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Per-sample mean squared error over C·H·W, in ``dtype`` (float32 under autocast)."""
         return (out.to(dtype) - target.to(dtype)).pow(2).mean(dim=(-3, -2, -1))
 
-    def _pair_losses_loop(self, fs, ft, sizes) -> torch.Tensor:
+    def _pair_losses(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
+        sizes = self._sizes(fs, ft)
         dtype = self._work_dtype()
-        xs, _ = self._inputs(fs, ft, sizes, targets=False)
+        xs = self._student_inputs(fs, sizes)
         cl = self._use_channels_last(fs[0].device)
         # grouped by pooled teacher target, made when its group starts and dropped when it ends: one
         # pooled target alive at a time (making them all first kept ~30 MB more on the CIFAR pair)
@@ -519,75 +357,11 @@ class SemCKD(OfficialLayoutMixin, nn.Module):
         order = [cols.get((s, t), zero) for s in range(self.num_student) for t in range(self.num_teacher)]
         return torch.stack(order, dim=1).view(-1, self.num_student, self.num_teacher)
 
-    def _fused_bn(self, x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tensor:
-        """One batch_norm over concatenated channels of several BN layers (identical: BN is per channel)."""
-        if len(bns) == 1:
-            return bns[0](x)
-        weight = torch.cat([b.weight for b in bns])
-        bias = torch.cat([b.bias for b in bns])
-        rm = torch.cat([b.running_mean for b in bns])
-        rv = torch.cat([b.running_var for b in bns])
-        training = self.training
-        momentum = bns[0].momentum if bns[0].momentum is not None else 0.1
-        y = F.batch_norm(x, rm, rv, weight, bias, training, momentum, bns[0].eps)
-        if training:
-            with torch.no_grad():
-                off = 0
-                for b in bns:
-                    n = b.num_features
-                    b.running_mean.copy_(rm[off:off + n])
-                    b.running_var.copy_(rv[off:off + n])
-                    b.num_batches_tracked.add_(1)
-                    off += n
-        return y
-
-    def _pair_losses_fused(self, fs, ft, sizes) -> torch.Tensor:
-        dtype = self._work_dtype()
-        xs, ys = self._inputs(fs, ft, sizes)
-        cl = self._use_channels_last(fs[0].device)
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        # 1×1 convs fused over pairs reading the same pooled student input
-        first: dict[tuple[int, int], torch.Tensor] = {}
-        for (s, size), x in xs.items():
-            ts = [t for t in range(self.num_teacher) if sizes[(s, t)] == size]
-            convs = [self.projectors[s][t][0] for t in ts]
-            w = convs[0].weight if len(convs) == 1 else torch.cat([c.weight for c in convs])
-            y = F.conv2d(x, w)
-            parts = torch.split(y, [c.out_channels for c in convs], dim=1)
-            for t, part in zip(ts, parts, strict=True):
-                first[(s, t)] = part
-        # the rest grouped over pairs sharing a teacher layer and size
-        cols: dict[tuple[int, int], torch.Tensor] = {}
-        for (t, size), target in ys.items():
-            ss = [s for s in range(self.num_student) if sizes[(s, t)] == size]
-            mods = [self.projectors[s][t] for s in ss]
-            n = len(ss)
-            h = first[(ss[0], t)] if n == 1 else torch.cat([first[(s, t)] for s in ss], dim=1)
-            h = F.relu(self._fused_bn(h.contiguous(memory_format=fmt), [m[1] for m in mods]))
-            w3 = mods[0][3].weight if n == 1 else torch.cat([m[3].weight for m in mods])
-            h = F.conv2d(h, w3, padding=1, groups=n)
-            h = F.relu(self._fused_bn(h, [m[4] for m in mods]))
-            w6 = mods[0][6].weight if n == 1 else torch.cat([m[6].weight for m in mods])
-            out = F.conv2d(h, w6, groups=n)
-            out = out.unflatten(1, (n, self.teacher_channels[t]))  # (B, n, C_t, h, w)
-            mse = self._sample_mse(out, target.unsqueeze(1), dtype)  # (B, n)
-            for k, s in enumerate(ss):
-                cols[(s, t)] = mse[:, k]
-        order = [cols[(s, t)] for s in range(self.num_student) for t in range(self.num_teacher)]
-        return torch.stack(order, dim=1).view(-1, self.num_student, self.num_teacher)
-
     def pair_losses(self, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]
                     ) -> torch.Tensor:
         """Per-sample MSE of every projected pair, (B, S, T), before the attention weighting."""
         fs, ft = self._prepare(student_feats, teacher_feats)
         return self._pair_losses(fs, ft)
-
-    def _pair_losses(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> torch.Tensor:
-        sizes = self._sizes(fs, ft)
-        fuse = self._auto_fuse(sizes) if self.fuse == "auto" else self.fuse
-        if fuse and len(sizes) == self.num_student * self.num_teacher:  # the fused path needs every pair
-            return self._pair_losses_fused(fs, ft, sizes)
-        return self._pair_losses_loop(fs, ft, sizes)
 
     def _loss(self, fs: list[torch.Tensor], ft: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         attention = self._attention(fs, ft)

@@ -1,4 +1,5 @@
-"""SemCKD criterion: parity with a direct transcription of the equations, gradients, weight layout, modes."""
+"""semckd.criterion: parity with a direct transcription of the equations, gradients, modes, input checks,
+torch.compile."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.reference import ReferenceSemCKD, benchmark
-from semckd.semckd import SemCKD
+from semckd.criterion import SemCKD
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,9 +109,8 @@ CONFIGS = {
     "student_larger_and_smaller": (5, [(3, 8, 8), (5, 2, 2)], [(4, 4, 4)], 5),
 }
 IMPLS = {
-    "fast": dict(cls=SemCKD, kw={"fuse": False}),
-    "fast_fused": dict(cls=SemCKD, kw={"fuse": True}),
-    "fast_nchw_fused": dict(cls=SemCKD, kw={"fuse": True, "channels_last": False}),
+    "fast": dict(cls=SemCKD, kw={}),
+    "fast_nchw": dict(cls=SemCKD, kw={"channels_last": False}),
     "reference": dict(cls=ReferenceSemCKD, kw={}),
 }
 
@@ -135,14 +135,14 @@ def test_parity_with_naive_equations(config: str, impl: str) -> None:
     assert att.shape == (B, len(s_shapes), len(t_shapes))
     torch.testing.assert_close(att, want_att, rtol=0, atol=1e-6)
     assert abs(loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
-    # gradients w.r.t. the student features agree too (checks the fused/batched backward)
+    # gradients w.r.t. the student features agree too (checks the batched backward)
     got = torch.autograd.grad(loss, fs)
     want = torch.autograd.grad(want_loss, fs)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * w.abs().max().item())
 
 
-@pytest.mark.parametrize("impl", ["fast", "fast_fused", "reference"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
 def test_parity_eval_mode_and_batch_free(impl: str) -> None:
     B, s_shapes, t_shapes, factor = CONFIGS["non_square"]
     for mode in ("faithful", "batch_free"):
@@ -164,11 +164,9 @@ def test_float64_module_follows_dtype() -> None:
     assert abs(loss.item() - want_loss.item()) <= 1e-10 * abs(want_loss.item())
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-def test_gradients_reach_student_mlps_projectors_not_teacher(fuse: bool) -> None:
+def test_gradients_reach_student_mlps_projectors_not_teacher() -> None:
     B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
-    m = SemCKD([c for c, _, _ in s_shapes], [c for c, _, _ in t_shapes], batch_size=B, factor=factor,
-               fuse=fuse)
+    m = SemCKD([c for c, _, _ in s_shapes], [c for c, _, _ in t_shapes], batch_size=B, factor=factor)
     fs, ft = feats(B, s_shapes, 1, grad=True), feats(B, t_shapes, 2, grad=True)
     loss, att = m(fs, ft)
     # attention is not detached: it carries gradient back to the student features (via the Gram path)
@@ -179,95 +177,6 @@ def test_gradients_reach_student_mlps_projectors_not_teacher(fuse: bool) -> None
     assert all(f.grad is None for f in ft)
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-
-
-def test_auto_fuse_only_for_small_pairs() -> None:
-    small = SemCKD([8] * 12, [8] * 11, batch_size=4)
-    big = SemCKD([64, 128, 256], [64, 128, 256], batch_size=4)
-    s_small = {(s, t): (4, 4) for s in range(12) for t in range(11)}
-    s_big = {(s, t): (min(32 >> s, 32 >> t),) * 2 for s in range(3) for t in range(3)}
-    assert small._auto_fuse(s_small) and not big._auto_fuse(s_big)
-    with pytest.raises(ValueError, match="fuse must be"):
-        SemCKD([4], [4], fuse="yes")
-
-
-def test_fused_path_updates_bn_running_stats_like_loop() -> None:
-    B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
-    a = build("fast", s_shapes, t_shapes, B, factor)
-    b = build("fast_fused", s_shapes, t_shapes, B, factor)
-    b.load_state_dict(a.state_dict())
-    fs, ft = feats(B, s_shapes, 7), feats(B, t_shapes, 8)
-    before = {k: v.clone() for k, v in a.state_dict().items()}
-    a(fs, ft)
-    b(fs, ft)
-    sa, sb = a.state_dict(), b.state_dict()
-    changed = [k for k in sa if "running" in k and not torch.equal(sa[k], before[k])]
-    assert len(changed) == 2 * 2 * 9  # mean and var of both BNs of all 9 pairs moved
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------------- official (authors') layout
-def test_official_layout_round_trip_and_cross_load() -> None:
-    m = build("fast", [(4, 4, 4), (8, 2, 2)], [(6, 4, 4), (5, 2, 2), (3, 2, 2)], 8, 4)
-    sd = m.official_state_dict()
-    assert {"query_weight0.linear1.weight", "query_weight1.linear2.bias", "key_weight2.linear1.weight",
-            "regressor12.regressor.0.weight", "regressor12.regressor.1.running_var",
-            "regressor01.regressor.4.num_batches_tracked", "regressor10.regressor.6.weight"} <= set(sd)
-    assert not any(k.startswith(("query.", "key.", "projectors.")) for k in sd)
-    assert sd["query_weight0.linear1.weight"].shape == (4, 8)  # Linear(batch 8 → 2·(8 // 4))
-    assert sd["regressor12.regressor.3.weight"].shape == (6, 6, 3, 3)
-    ref = ReferenceSemCKD([4, 8], [6, 5, 3], batch_size=8)
-    ref.load_official_state_dict(sd)
-    fs, ft = feats(8, [(4, 4, 4), (8, 2, 2)], 1), feats(8, [(6, 4, 4), (5, 2, 2), (3, 2, 2)], 2)
-    m.eval()
-    ref.eval()
-    (l1, a1), (l2, a2) = m(fs, ft), ref(fs, ft)
-    torch.testing.assert_close(a1, a2)
-    torch.testing.assert_close(l1, l2)
-    back = ref.official_state_dict()
-    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
-    ddp = {"module." + k: v for k, v in sd.items()}  # a DDP-saved dict loads too
-    SemCKD([4, 8], [6, 5, 3], batch_size=8).load_official_state_dict(ddp)
-
-
-def test_official_layout_rejects_mismatched_dicts() -> None:
-    m = SemCKD([4, 8], [6, 5], batch_size=8)
-    good = m.official_state_dict()
-    missing = {k: v for k, v in good.items() if k != "regressor11.regressor.4.running_mean"}
-    with pytest.raises(ValueError, match="missing key 'regressor11.regressor.4.running_mean'"):
-        m.load_official_state_dict(missing)
-    with pytest.raises(ValueError, match="unexpected key 'regressor22.regressor.0.weight'"):
-        m.load_official_state_dict({**good, "regressor22.regressor.0.weight": torch.zeros(1)})
-    wrong = dict(good)
-    wrong["query_weight1.linear1.weight"] = torch.zeros(4, 16)  # trained at batch size 16
-    with pytest.raises(ValueError, match=r"'query_weight1.linear1.weight' has shape \(4, 16\)"):
-        m.load_official_state_dict(wrong)
-    with pytest.raises(ValueError, match="missing key 'query_weight0"):
-        m.load_official_state_dict(m.state_dict())  # our own layout is not the official one
-    with pytest.raises(ValueError, match="state dict"):
-        m.load_official_state_dict([1, 2])  # type: ignore[arg-type]
-    # nothing was half-loaded by the failed attempts
-    assert all(torch.equal(v, good[k]) for k, v in m.official_state_dict().items())
-
-
-def test_official_layout_past_ten_layers() -> None:
-    # 11 × 3: names like regressor100 (10, 0) and regressor10 (1, 0) are distinct → representable
-    m = SemCKD([2] * 11, [3, 4, 5], batch_size=4, factor=2)
-    sd = m.official_state_dict()
-    assert "regressor100.regressor.0.weight" in sd and "regressor10.regressor.0.weight" in sd
-    assert sd["regressor100.regressor.6.weight"].shape == (3, 6, 1, 1)
-    assert sd["regressor12.regressor.6.weight"].shape == (5, 10, 1, 1)
-    other = SemCKD([2] * 11, [3, 4, 5], batch_size=4, factor=2)
-    other.load_official_state_dict(sd)
-    assert all(torch.equal(v, sd[k]) for k, v in other.official_state_dict().items())
-    # 12 × 11: (1, 10) and (11, 0) would both be 'regressor110' → refused in both directions
-    amb = SemCKD([2] * 12, [2] * 11, batch_size=4, factor=2)
-    with pytest.raises(ValueError, match="regressor110"):
-        amb.official_state_dict()
-    with pytest.raises(ValueError, match="ambiguous"):
-        amb.load_official_state_dict(sd)
-    amb.load_state_dict(amb.state_dict())  # our own nested layout has no such problem
 
 
 # ---------------------------------------------------------------------- modes and input checks
@@ -300,7 +209,7 @@ def test_batch_free_trains_with_batch_of_seven() -> None:
     assert att.shape == (7, 2, 2) and torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("impl", ["fast", "fast_fused"])
+@pytest.mark.parametrize("impl", ["fast", "fast_nchw"])
 def test_autocast_bf16_cpu_close_to_fp32(impl: str) -> None:
     B, s_shapes, t_shapes, factor = CONFIGS["three_layers"]
     m = build(impl, s_shapes, t_shapes, B, factor).eval()
@@ -316,11 +225,11 @@ def test_autocast_bf16_cpu_close_to_fp32(impl: str) -> None:
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in m.parameters())
 
 
-@pytest.mark.parametrize("impl", ["fast", "fast_fused", "fast_nchw_fused"])
+@pytest.mark.parametrize("impl", ["fast", "fast_nchw"])
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_keeps_no_more_for_backward_than_the_reference(config: str, impl: str) -> None:
-    """Activation memory: the fast paths (channels-last by default on CPU) must not keep layout copies or
-    concatenations beyond what the per-pair reference keeps (the performance issue's memory target)."""
+    """Activation memory: the criterion (channels-last by default on CPU) must not keep layout copies
+    beyond what the per-pair reference keeps (the performance issue's memory target)."""
     from benchmarks.bench import saved_for_backward_mb
 
     B, s_shapes, t_shapes, factor = CONFIGS[config]
@@ -330,10 +239,8 @@ def test_keeps_no_more_for_backward_than_the_reference(config: str, impl: str) -
         m = build(name, s_shapes, t_shapes, B, factor)
         saved[name] = saved_for_backward_mb(lambda m=m: m(fs, ft)[0], exclude=[*m.parameters(), *fs])
     # allowed extras are parameter-sized, independent of the feature maps: the batched attention MLP
-    # keeps stacked query/key weights; fused projectors keep concatenated conv/BN weights (grouped convs)
+    # keeps stacked query/key weights
     extra = [*m.query.parameters(), *m.key.parameters()]
-    if "fused" in impl:
-        extra += list(m.projectors.parameters())
     extra_mb = sum(p.numel() * p.element_size() for p in extra) / 2**20
     assert 0 < saved[impl] <= saved["reference"] + extra_mb, saved
 
@@ -367,10 +274,9 @@ def test_bad_configuration_and_inputs_raise_value_errors() -> None:
 def test_benchmark_helper_reports_all_variants() -> None:
     res = benchmark(batch_size=4, repeats=1, warmup=0, student=[(4, 4, 4), (8, 2, 2)],
                     teacher=[(6, 4, 4), (5, 2, 2)])
-    assert set(res) == {"reference_fp32", "fast_loop_fp32", "fast_loop_bf16", "fast_fused_fp32",
-                        "fast_fused_bf16"}
+    assert set(res) == {"reference_fp32", "fast_fp32", "fast_bf16"}
     assert res["reference_fp32"]["speedup"] == 1.0
-    assert res["fast_loop_fp32"]["rel_loss_diff"] < 1e-5 and res["fast_fused_fp32"]["rel_loss_diff"] < 1e-5
+    assert res["fast_fp32"]["rel_loss_diff"] < 1e-5
     assert all(v["min_s"] > 0 and v["steps_per_s"] > 0 for v in res.values())
 
 
