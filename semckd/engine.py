@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -808,6 +808,8 @@ class _Trainer:
                 epoch_time_s=time.perf_counter() - t0, extras=extras or None).to_dict()
             self._save(epoch, test, improved, line)  # the commit point: last.pt holds this row too
             self.metrics.write(line)
+            if getattr(self, "on_epoch", None) is not None:
+                self.on_epoch(epoch, val.get("val_acc"))
             if not last_test:
                 note = eta_note(cfg.epochs - epoch, line["epoch_time_s"], self.device)
                 if note:
@@ -869,9 +871,15 @@ class _Trainer:
             D.shutdown(env)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) the training described by ``cfg``; returns the run.json summary."""
+def train(cfg: TrainConfig, on_epoch: Callable[[int, float | None], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the training described by ``cfg``; returns the run.json summary.
+
+    ``on_epoch(epoch, val_acc)`` is called after each epoch's checkpoint (``val_acc`` None without a
+    validation split); what it raises ends the training there, e.g. a sweep's pruner stopping a cell,
+    which stays resumable from that ``last.pt``.
+    """
     trainer = _Trainer(cfg)
+    trainer.on_epoch = on_epoch
     with _determinism(cfg.deterministic):
         try:
             trainer.setup()

@@ -148,9 +148,9 @@ def test_sweep_end_to_end_resumes_and_restarts(data_dir, tmp_path):
     out = tmp_path / "sweep"
     calls: list[tuple[str, bool, bool]] = []
 
-    def counting(cfg):
+    def counting(cfg, **kw):
         calls.append((Path(cfg.out).parent.name + "/" + Path(cfg.out).name, cfg.resume, cfg.force))
-        return engine.train(cfg)
+        return engine.train(cfg, **kw)
 
     res = run_sweep(base, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
     assert len(calls) == 4 and all(not r and not f for _, r, f in calls)
@@ -171,7 +171,11 @@ def test_sweep_end_to_end_resumes_and_restarts(data_dir, tmp_path):
         f.unlink()
     (out / "weight=1.0" / "seed1" / "config.yaml").write_text("kind: distill\n")
     base2 = _cfg(data_dir, tmp_path / "unused", epochs=2)
-    res = run_sweep(base2, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
+    with pytest.raises(UserError, match="created for other settings.*epochs: 1 there, 2 here.*--study-name"):
+        run_sweep(base2, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
+    assert calls == []
+    res = run_sweep(base2, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None,
+                    study_name="two-epochs")
     assert sorted(calls) == sorted([("weight=0.1/seed0", True, False), ("weight=0.1/seed1", True, False),
                                     ("weight=1.0/seed0", True, False), ("weight=1.0/seed1", False, True)])
     assert all(len((Path(r["out"]) / "metrics.jsonl").read_text().splitlines()) == 2 for r in res.records)
