@@ -75,13 +75,14 @@ def open_storage(url: str | None, default_journal: Path) -> Any:
         return journal(default_journal)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "sqlite"):
-        if scheme.startswith("postgres"):
-            try:
-                import psycopg2  # noqa: F401
-            except ImportError:
+        if scheme in ("postgres", "postgresql"):  # SQLAlchemy's default driver is psycopg (3)
+            import importlib.util
+
+            driver = next((d for d in ("psycopg", "psycopg2") if importlib.util.find_spec(d)), None)
+            if driver is None:
                 raise UserError("--storage postgresql:// needs a PostgreSQL driver; pip install "
-                                "psycopg2-binary") from None
-            url = "postgresql" + url[len(scheme):] if scheme == "postgres" else url
+                                "'psycopg[binary]' (or semckd[postgres])")
+            url = f"postgresql+{driver}" + url[len(scheme):]
         kwargs = {"connect_args": {"connect_timeout": 10}} if scheme.startswith("postgres") else {}
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True, **kwargs},
@@ -135,8 +136,12 @@ class CellStudy:
         self.heartbeat_s, self.grace_s, self.log = heartbeat_s, grace_s, log
         spec_text = json.dumps(spec, sort_keys=True, default=str)
         try:
-            self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                             pruner=pruner, sampler=sampler, load_if_exists=True)
+            try:  # load first: opening an existing study (with other settings, say) writes nothing
+                self.study = optuna.load_study(storage=storage, study_name=name, pruner=pruner,
+                                               sampler=sampler)
+            except KeyError:
+                self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                                 pruner=pruner, sampler=sampler, load_if_exists=True)
         except Exception as e:  # noqa: BLE001 - a storage that fails only on first use
             raise UserError(f"cannot open study {name!r} in {where or 'the storage'}: "
                             f"{str(e).splitlines()[0][:200]}; check --storage") from None
