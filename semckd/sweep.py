@@ -299,6 +299,7 @@ def _train_cell(held: Any, cfg: TrainConfig, run_dir: Path, values: dict[str, An
                 train_fn: Callable[..., dict[str, Any]], log: Callable[[str], None],
                 prefix: str) -> dict[str, Any] | None:
     """Train (or resume, or read) one held cell; its record, or None when the cell was taken over."""
+    from .engine import NonFiniteLossError
     from .runfolder import METRICS, read_jsonl
     from .study import CellLost
 
@@ -330,6 +331,10 @@ def _train_cell(held: Any, cfg: TrainConfig, run_dir: Path, values: dict[str, An
     except CellLost as e:
         log(str(e))
         return None
+    except NonFiniteLossError as e:  # a diverged setting is a result too: recorded, never selected
+        log(f"{prefix}: diverged ({str(e).splitlines()[0]})")
+        run = {**_partial_run(run_dir), "best_val_acc": None, "best_acc": None}
+        return {**_record(values, seed, run_dir, cfg.method_spec, run), "diverged": str(e).splitlines()[0]}
     except BaseException:
         held.release("interrupted or failed; retried by the next worker")
         raise
@@ -448,8 +453,9 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]] | None, seeds: Seque
                 run_dir = out / cell_label(values) / f"seed{seed}"
                 rec = _train_cell(held, cfg_at(values, seed, run_dir), run_dir, values, seed, train_fn, log,
                                   f"[{i}/{total}] {cell_label(values)} seed {seed}")
-                if rec is not None:
-                    held.finish(rec["best_val_acc"], pruned=rec["pruned_at"] is not None, record=rec)
+                if rec is not None:  # a diverged cell is done too (value 0: never the study's best)
+                    held.finish(rec["best_val_acc"] if rec["best_val_acc"] is not None else 0.0,
+                                pruned=rec["pruned_at"] is not None, record=rec)
                 _write_outputs(_result(cs, points, out, None), grid, seeds, out)
             if not waiting:
                 break
@@ -515,7 +521,7 @@ def _tpe(cs: Any, base: TrainConfig, ranges: dict[str, tuple[float, float, bool]
         vals = [r["best_val_acc"] for r in recs if r["best_val_acc"] is not None]
         pruned = any(r["pruned_at"] is not None for r in recs)
         held.set("records", recs)
-        held.finish(statistics.fmean(vals) if vals else None, pruned=pruned, record=recs[0])
+        held.finish(statistics.fmean(vals) if vals else 0.0, pruned=pruned, record=recs[0])
 
     while True:
         all_trials = cs.trials()

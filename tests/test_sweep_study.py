@@ -248,3 +248,46 @@ def test_bad_input_one_line_exit_2_study_untouched(data_dir, tmp_path, capsys):
         run_sweep(base_cfg(data_dir, 1), {"weight": [1]}, [0], tmp_path / "x",
                   ranges={"weight": (1, 2, False)})
     assert _sweep_cli(data_dir, out, "--grid", "weight=0.1,1") == 0  # the study still reads
+
+
+def test_diverged_cell_is_recorded_never_selected_nor_retrained(data_dir, tmp_path):
+    calls = []
+
+    def fake(cfg, on_epoch=None):
+        calls.append(cfg.method_args["weight"])
+        if cfg.method_args["weight"] > 2:
+            raise engine.NonFiniteLossError("loss is nan at epoch 1")
+        return {"best_val_acc": 50.0 + cfg.method_args["weight"], "best_acc": 1.0, "train_time_s": 0.1}
+
+    grid = {"weight": [1.0, 2.0, 3.0]}
+    res = run_sweep(base_cfg(data_dir, 1), grid, [0], tmp_path / "d", train_fn=fake, log=lambda s: None)
+    assert res.selected["values"] == {"weight": 2.0}
+    assert [r.get("diverged") for r in res.records] == [None, None, "loss is nan at epoch 1"]
+    calls.clear()
+    run_sweep(base_cfg(data_dir, 1), grid, [0], tmp_path / "d", train_fn=fake, log=lambda s: None)
+    assert calls == []
+
+
+def test_prune_study_compares_with_the_recorded_full_grid(monkeypatch, tmp_path):
+    """The pruning measurement's arithmetic on the committed short-budget grid (no training here)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import prune_study
+
+    full = prune_study.full_grid("short", "kd")
+    assert full["selected"] == "kd_weight=0.25" and full["cells"] == 4 and full["epochs"] == 6
+
+    def fake_sweep(base, grid, seeds, out, **kw):
+        assert kw["prune"] == "halving" and seeds == [0] and base.epochs == 6 and base.limit_train == 3000
+        recs = [{"values": {"kd_weight": v}, "seed": 0, "best_val_acc": a, "best_acc": 0.0,
+                 "epochs_trained": e, "pruned_at": None if e == 6 else e}
+                for v, a, e in ((0.0625, 70.0, 2), (0.25, 78.0, 6), (1.0, 78.1, 6), (4.0, 70.0, 2))]
+        from semckd.sweep import SweepResult
+
+        return SweepResult(recs, [], {"label": "kd_weight=1.0", "values": {"kd_weight": 1.0}}, out)
+
+    monkeypatch.setattr(prune_study, "run_sweep", fake_sweep)
+    rec = prune_study.measure("short", "kd", "halving", tmp_path)
+    assert rec["epochs_trained"] == 16 and rec["epochs_full"] == 24
+    assert not rec["same"] and rec["within_noise"]  # 78.1 vs 78.3 at σ 0.61
+    assert rec["pruned"] == {"kd_weight=0.0625": 2, "kd_weight=4.0": 2}
+    assert "16/24 = 67%" in prune_study.table_md([rec])
