@@ -234,6 +234,8 @@ def test_bad_input_one_line_exit_2_study_untouched(data_dir, tmp_path, capsys):
         (["--grid", "weight=1", "--storage", "ftp://x/y"], "unknown kind"),
         (["--grid", "weight=1", "--storage", "postgresql://u@[bad"], "cannot use storage"),
         (["--grid", "weight=1", "--storage", str(tmp_path)], "is a folder"),
+        (["--grid", "weight=1", "--prune", "--prune-min-epochs", "1"], "below --epochs"),
+        (["--grid", "weight=1", "--range", "weight=1:2"], "--search tpe"),
     ]
     for args, pattern in cases:
         rc = _sweep_cli(data_dir, out, *args)
@@ -291,3 +293,24 @@ def test_prune_study_compares_with_the_recorded_full_grid(monkeypatch, tmp_path)
     assert not rec["same"] and rec["within_noise"]  # 78.1 vs 78.3 at σ 0.61
     assert rec["pruned"] == {"kd_weight=0.0625": 2, "kd_weight=4.0": 2}
     assert "16/24 = 67%" in prune_study.table_md([rec])
+
+
+def test_cli_prune_and_tpe_end_to_end_with_the_engine(data_dir, tmp_path, capsys):
+    """The real engine's on_epoch hook drives the pruner; TPE through the command line."""
+    out = tmp_path / "pr"
+    assert _sweep_cli(data_dir, out, "--grid", "weight=0.1,1,3,10", "--epochs", "3", "--prune",
+                      "--prune-min-epochs", "1") == 0
+    saved = json.loads((out / "sweep.json").read_text())
+    assert len(saved["records"]) == 4 and saved["selected"] is not None
+    for r in saved["records"]:
+        rows = (Path(r["out"]) / "metrics.jsonl").read_text().splitlines()
+        assert len(rows) == (r["pruned_at"] or 3) and r["epochs_trained"] == len(rows)
+    sel = saved["selected"]["label"]
+    assert all(r["pruned_at"] is None for r in saved["records"] if cell_label(r["values"]) == sel)
+    capsys.readouterr()
+    out2 = tmp_path / "tpe"
+    assert _sweep_cli(data_dir, out2, "--search", "tpe", "--trials", "3", "--range", "weight=0.1:3:log") == 0
+    text = capsys.readouterr().out
+    saved = json.loads((out2 / "sweep.json").read_text())
+    assert len(saved["records"]) == 3 and "by mean validation accuracy" in text
+    assert all(0.1 <= r["values"]["weight"] <= 3 for r in saved["records"])
