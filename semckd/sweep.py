@@ -342,9 +342,10 @@ def _train_cell(held: Any, cfg: TrainConfig, run_dir: Path, values: dict[str, An
 
 def _spec(base: TrainConfig, search: dict[str, Any], seeds: Sequence[int], prune: str | None,
           min_epochs: int) -> dict[str, Any]:
-    """What a study is for: a worker with other settings must not add its cells to it."""
+    """What a study is for: a worker with other settings must not add its cells to it. (Not the teacher's
+    path, which differs between machines sharing one study.)"""
     return {"kind": "semckd sweep", "method": base.method_spec, "method_args": base.method_args,
-            "model": base.model, "dataset": base.dataset, "teacher": base.teacher, "epochs": base.epochs,
+            "model": base.model, "dataset": base.dataset, "epochs": base.epochs,
             "limit_train": base.limit_train, "val_split": base.val_split, "val_seed": base.val_seed,
             "lr": base.lr, "batch_size": base.batch_size, "seeds": list(seeds), **search,
             "prune": prune, "prune_min_epochs": min_epochs if prune else None}
