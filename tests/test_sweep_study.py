@@ -36,9 +36,10 @@ def data_dir(tmp_path_factory) -> str:
 
 def _worker(data_dir: str, out: Path, storage: str, epochs: int, slow: float, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(HERE / "sweep_worker.py"), data_dir, str(out), storage,
-                             str(epochs), str(slow)], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env=env, cwd=ROOT)
+    with open(log, "w") as f:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, str(HERE / "sweep_worker.py"), data_dir, str(out), storage,
+                                 str(epochs), str(slow)], stdout=f, stderr=subprocess.STDOUT, env=env,
+                                cwd=ROOT)
 
 
 def _cells() -> list[str]:
