@@ -23,6 +23,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "data_pipeline": ("benchmarks.data_pipeline", "data side only: on-device augmentation vs PIL"),
     "own_data": ("benchmarks.own_data", "a user's data four ways (tensors, PIL, CSV) vs the IDX loader"),
     "protocol": ("benchmarks.protocol", "the equal-budget Fashion-MNIST tables (benchmarks/results/)"),
+    "prune_study": ("benchmarks.prune_study", "what sweep --prune saves on the protocol's grids, same pick?"),
     "accuracy_table": ("benchmarks.accuracy_table", "the Fashion-MNIST accuracy table through the CLI"),
     "make_recipes": ("benchmarks.make_recipes", "write configs/{cifar100,imagenet}/** and docs/recipes.md"),
     "gpu_check": ("benchmarks.gpu_check", "the prepared under-8-minute GPU check"),

@@ -42,10 +42,13 @@ Protocol (the same for every method, so no method gets more tuning than another)
   (committed, with machine, CPU kind, precision, commit), so the table can be finished over several
   sessions; a recorded cell is never rerun. Run folders (checkpoints) go under ``--out-dir`` (runs/,
   ignored by git); a killed run resumes from its ``last.pt``.
-* workers: several processes may run the same table at once (on one machine, e.g. two 1-thread workers
-  on a 2-core box, which beats one 2-thread process there). A worker claims a cell with a file under
-  ``<out-dir>/<table>/.claims`` before training it; a claim whose process is gone is taken over. A worker
-  that finds its next cells claimed waits for them instead of ending, so test seeds still follow tuning.
+* workers: several processes may run the same table at once, on one machine (e.g. two 1-thread workers
+  on a 2-core box, which beats one 2-thread process there) or several (``--storage`` a shared journal
+  file or ``postgresql://`` URL). The cells are trials of one Optuna study (:mod:`semckd.study`, default
+  a journal file ``<out-dir>/<table>/study.journal``): a worker holds a cell's one live trial while it
+  trains it, a dead worker's cell is retried from its ``last.pt``, and a worker that finds its next cells
+  held waits for them instead of ending, so test seeds still follow tuning. The results JSONL stays the
+  record: a cell with a line there (from any worker, or an older protocol.py) is never rerun.
 """
 
 from __future__ import annotations
@@ -223,7 +226,7 @@ def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: in
 
 
 def cell_path(method: str, values: dict[str, Any], seed: int) -> Path:
-    """A cell's place under a table's folder (``method/label/seedN``); its claim file is named after it."""
+    """A cell's place under a table's folder (``method/label/seedN``); its study key is named after it."""
     return Path(method.replace("+", "-"), cell_label(values) or "default", f"seed{seed}")
 
 
@@ -259,45 +262,20 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
     return rec
 
 
-CLAIM_GRACE_S = 30.0  # a claim file not yet holding its pid is this young at most
+HEARTBEAT_S, GRACE_S = 30.0, 300.0  # a worker silent for 5 minutes is taken for dead (cells take minutes)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    return True
+def open_study(name: str, table: dict[str, Any], out_dir: Path, storage: str | None):
+    """The table's study: one per table and budget (a smoke budget gets its own study)."""
+    from semckd.study import CellStudy, open_storage
 
-
-def claim_cell(claims: Path, key: str) -> Path | None:
-    """Claim one cell for this process; None while another live process holds it.
-
-    An O_EXCL file holding the owner's pid, rather than a lock library: the workers share one machine and
-    one folder, and a worker killed when a session ends leaves a file whose pid is gone, which the next
-    worker takes over, so no cell is lost and none is trained twice at once."""
-    claims.mkdir(parents=True, exist_ok=True)
-    path = claims / key
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                text, age = path.read_text().strip(), time.time() - path.stat().st_mtime
-            except FileNotFoundError:
-                continue  # released meanwhile
-            if not text and age < CLAIM_GRACE_S:
-                return None  # being written by its owner
-            if text.isdigit() and int(text) != os.getpid() and _alive(int(text)):
-                return None
-            path.unlink(missing_ok=True)  # stale: its worker died
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return path
-    return None
+    st = open_storage(storage, out_dir / name / "study.journal")
+    spec = {"kind": "protocol", "table": name, "epochs": table["epochs"], "limit_train": table["limit_train"]}
+    budget = (table["epochs"], table["limit_train"])
+    official = budget == (TABLES[name]["epochs"], TABLES[name]["limit_train"])
+    study = f"protocol-{name}" + ("" if official else f"-e{budget[0]}-n{budget[1]}")
+    return CellStudy(st, study, spec, heartbeat_s=HEARTBEAT_S, grace_s=GRACE_S,
+                     log=lambda s: print(f"[{name}] {s}", flush=True), where=storage or str(out_dir / name))
 
 
 def _has(recs: list[dict[str, Any]], method: str, values: dict[str, Any], seed: int) -> bool:
@@ -495,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the table from recorded results; train nothing")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="the table's Optuna study: a journal file or postgresql:// URL shared by workers on "
+                        "several machines (default <out-dir>/<table>/study.journal)")
     p.add_argument("--poll", type=float, default=60.0,
                    help="seconds between looks at cells other workers hold (default 60)")
     p.add_argument("--limit-train", type=int, default=None, help="smoke runs only: override the budget's "
@@ -517,8 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                else table.get("methods") or sorted({r[1] for r in table.get("rows", [])}))
     info = machine()
     new = 0
-    claims = Path(a.out_dir) / name / ".claims"
     if not a.report:
+        cs = open_study(name, table, Path(a.out_dir), a.storage)
+
         def run(m: str, values: dict[str, Any], seed: int) -> str:
             """Run one cell unless recorded: 'done', 'busy' (another worker has it) or 'stop' (--max-runs)."""
             nonlocal new
@@ -526,15 +508,24 @@ def main(argv: list[str] | None = None) -> int:
                 return "done"
             if a.max_runs is not None and new >= a.max_runs:
                 return "stop"
-            claim = claim_cell(claims, "__".join(cell_path(m, values, seed).parts))
-            if claim is None:
+            key = "__".join(cell_path(m, values, seed).parts)
+            held = cs.claim(key, attrs={"method": m, "values": values, "seed": seed})
+            if held is None:
+                state = cs.state_of(key)[0]
+                if state == "done":  # the study has it but this results file does not: say so, go on
+                    print(f"[{name}] {key}: done in the study but not in {results}; not rerun", flush=True)
+                    return "done"
                 return "busy"
             try:
                 if _has(read_results(results), m, values, seed):  # finished while we claimed
+                    held.finish(0.0)
                     return "done"
-                run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
-            finally:
-                claim.unlink(missing_ok=True)
+                rec = run_cell(name, table, m, values, seed, Path(a.out_dir), results, info)
+            except BaseException:
+                held.release("interrupted or failed; retried by the next worker")
+                raise
+            held.finish(rec.get("best_val_acc") if rec.get("best_val_acc") is not None else 0.0,
+                        record={k: rec.get(k) for k in ("best_val_acc", "best_acc", "diverged")})
             new += 1
             write_text_atomic(md, table_md(name, read_results(results), table))
             return "done"
@@ -581,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             return "busy" if busy else "done"
 
         while one_pass() == "busy":
-            print(f"[{name}] waiting for cells other workers hold ({claims})", flush=True)
+            print(f"[{name}] waiting for cells other workers hold (study {cs.study.study_name})", flush=True)
             time.sleep(a.poll)
     text = table_md(name, read_results(results), table)
     write_text_atomic(md, text)
@@ -595,4 +586,10 @@ if __name__ == "__main__":  # python3 benchmarks/protocol.py: the path form of `
         print(f"protocol: error: this checkout is {ROOT} but `import semckd` finds {lib}; run "
               f"`python -m benchmarks protocol ...` from {ROOT} (or set PYTHONPATH={ROOT})", file=sys.stderr)
         sys.exit(2)
-    sys.exit(main())
+    from semckd.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as e:  # a bad --storage, a study of another budget: one line, exit 2
+        print(f"protocol: error: {e}", file=sys.stderr)
+        sys.exit(2)

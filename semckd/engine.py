@@ -25,7 +25,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -62,8 +62,11 @@ def eta_note(epochs_left: int, epoch_s: float, device: torch.device | str) -> st
 class Trainer:
     """Trains one :class:`~semckd.run.Run`: :meth:`fit` runs its remaining epochs."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: Run, on_epoch: Callable[[int, float | None], None] | None = None) -> None:
         self.run = run
+        # called after each epoch's commit point with (epoch, val_acc or None); what it raises ends the
+        # training there and the run stays resumable from that last.pt (a sweep's pruner stops cells so)
+        self.on_epoch = on_epoch
 
     # -- one epoch
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -267,6 +270,8 @@ class Trainer:
                 epoch_time_s=time.perf_counter() - t0, extras=extras or None).to_dict()
             self._save(epoch, test, improved, line)  # the commit point: last.pt holds this row too
             r.metrics.write(line)
+            if self.on_epoch is not None:
+                self.on_epoch(epoch, val.get("val_acc"))
             if not last_test:
                 note = eta_note(cfg.epochs - epoch, line["epoch_time_s"], r.device)
                 if note:
@@ -336,9 +341,13 @@ def open_run(cfg: TrainConfig, data_spec: Any = None) -> Iterator[Run]:
                             "or try --amp bf16 (the last checkpoint, if any, is kept)") from None
 
 
-def train(cfg: TrainConfig, train_data: Any = None, test_data: Any = None, val_data: Any = None,
-          **data_options: Any) -> dict[str, Any]:
+def train(cfg: TrainConfig, train_data: Any = None, test_data: Any = None, val_data: Any = None, *,
+          on_epoch: Callable[[int, float | None], None] | None = None, **data_options: Any) -> dict[str, Any]:
     """Run (or resume) the training described by ``cfg``; returns the run.json summary.
+
+    ``on_epoch(epoch, val_acc)`` is called after each epoch's checkpoint (``val_acc`` None without a
+    validation split); what it raises ends the training there, e.g. a sweep's pruner stopping a cell,
+    which stays resumable from that ``last.pt``.
 
     ``train_data``/``test_data`` (and optional ``val_data``) replace ``cfg.dataset`` with a user's own
     data: a map-style Dataset of ``(image, label)`` or an ``(images, labels)`` pair; ``data_options`` are
@@ -349,4 +358,4 @@ def train(cfg: TrainConfig, train_data: Any = None, test_data: Any = None, val_d
         from .data.user import user_spec
         spec = user_spec(train_data, test_data, val_data, name=cfg.dataset, **data_options)
     with open_run(cfg, spec) as run:
-        return Trainer(run).fit()
+        return Trainer(run, on_epoch).fit()

@@ -151,9 +151,9 @@ def test_sweep_end_to_end_resumes_and_restarts(data_dir, tmp_path):
     out = tmp_path / "sweep"
     calls: list[tuple[str, bool, bool]] = []
 
-    def counting(cfg):
+    def counting(cfg, **kw):
         calls.append((Path(cfg.out).parent.name + "/" + Path(cfg.out).name, cfg.resume, cfg.force))
-        return engine.train(cfg)
+        return engine.train(cfg, **kw)
 
     res = run_sweep(base, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
     assert len(calls) == 4 and all(not r and not f for _, r, f in calls)
@@ -174,7 +174,11 @@ def test_sweep_end_to_end_resumes_and_restarts(data_dir, tmp_path):
         f.unlink()
     (out / "weight=1.0" / "seed1" / "config.yaml").write_text("kind: distill\n")
     base2 = _cfg(data_dir, tmp_path / "unused", epochs=2)
-    res = run_sweep(base2, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
+    with pytest.raises(UserError, match="created for other settings.*epochs: 1 there, 2 here.*--study-name"):
+        run_sweep(base2, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None)
+    assert calls == []
+    res = run_sweep(base2, {"weight": [0.1, 1.0]}, [0, 1], out, train_fn=counting, log=lambda s: None,
+                    study_name="two-epochs")
     assert sorted(calls) == sorted([("weight=0.1/seed0", True, False), ("weight=0.1/seed1", True, False),
                                     ("weight=1.0/seed0", True, False), ("weight=1.0/seed1", False, True)])
     assert all(len((Path(r["out"]) / "metrics.jsonl").read_text().splitlines()) == 2 for r in res.records)
@@ -318,26 +322,11 @@ def test_protocol_row_tables_tune_on_validation_and_pair_ablations():
     assert all(len(g) == 3 for g in grids[1:])  # the same budget for every tuned row
 
 
-def test_protocol_claims_keep_workers_apart(tmp_path):
-    """A live worker's claim holds a cell; a dead worker's claim (session ended) is taken over."""
-    claims = tmp_path / ".claims"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        claims.mkdir()
-        (claims / "kd__x__seed0").write_text(str(holder.pid))
-        assert protocol.claim_cell(claims, "kd__x__seed0") is None
-    finally:
-        holder.kill()
-        holder.wait()
-    mine = protocol.claim_cell(claims, "kd__x__seed0")  # its holder is gone: stale
-    assert mine is not None and mine.read_text() == str(__import__("os").getpid())
-    (claims / "kd__y__seed0").write_text("")  # just created, pid not yet written
-    assert protocol.claim_cell(claims, "kd__y__seed0") is None
-
-
 def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, monkeypatch):
-    """A worker that finds a tuning cell held by another worker neither skips the method's test seeds nor
-    trains the held cell twice: it waits, and takes the cell over once its holder dies."""
+    """A worker that finds a tuning cell held by another worker (a live trial of the table's study)
+    neither skips the method's test seeds nor trains the held cell twice: it waits, and takes the cell
+    over once its holder gives it up; a cell recorded in the results file (by any protocol.py) is never
+    rerun."""
     results, out = tmp_path / "r.jsonl", tmp_path / "runs"
     trained: list[tuple] = []
 
@@ -350,23 +339,39 @@ def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, mon
 
     monkeypatch.setattr(protocol, "run_cell", fake_cell)
     grid = protocol.grid_for(protocol.TABLES["large"], "crd")["beta"]
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    claims = out / "large" / ".claims"
-    claims.mkdir(parents=True)
-    (claims / f"crd__beta={grid[-1]}__seed0").write_text(str(holder.pid))
+    # an older worker already recorded the first tuning cell (a line as the old protocol.py appends it)
+    protocol._append(results, {"table": "large", "method": "crd", "values": {"beta": grid[0]}, "label": "x",
+                               "seed": 0, "best_val_acc": 1.0, "best_acc": 1.0, "train_time_s": 1.0})
+    other = protocol.open_study("large", protocol.TABLES["large"], out, None)  # another worker's study
+    holder = other.claim(f"crd__beta={grid[-1]}__seed0")
+    assert holder is not None
     sleeps = []
 
-    def fake_sleep(s):  # the holder dies while the worker waits
+    def fake_sleep(s):  # the holder gives its cell up while the worker waits
         sleeps.append(s)
-        holder.kill()
-        holder.wait()
+        holder.release("test")
 
     monkeypatch.setattr(protocol.time, "sleep", fake_sleep)
     assert protocol.main(["--table", "large", "--methods", "crd", "--results", str(results),
                           "--out-dir", str(out), "--poll", "0.5"]) == 0
     assert sleeps == [0.5]
-    assert sorted(trained) == sorted([("crd", b, 0) for b in grid] + [("crd", grid[-1], s) for s in (1, 2)])
-    assert not any(claims.iterdir())  # every claim released
+    want = [("crd", b, 0) for b in grid[1:]] + [("crd", grid[-1], s) for s in (1, 2)]
+    assert sorted(trained) == sorted(want)
+    assert (out / "large" / "study.journal").is_file() and not (out / "large" / ".claims").exists()
+    done = other.done_trials()
+    assert sorted(done) == sorted(f"crd__beta={b}__seed{s}" for b, s in
+                                  [(b, 0) for b in grid[1:]] + [(grid[-1], 1), (grid[-1], 2)])
+    trained.clear()  # the same command again: everything is recorded, nothing runs
+    assert protocol.main(["--table", "large", "--methods", "crd", "--results", str(results),
+                          "--out-dir", str(out)]) == 0
+    assert trained == []
+
+
+def test_protocol_bad_storage_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocol.py"), "--table", "short",
+                        "--methods", "kd", "--results", str(tmp_path / "r.jsonl"), "--out-dir", str(tmp_path),
+                        "--storage", "ftp://nowhere"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown kind" in r.stderr
 
 
 @pytest.mark.parametrize("name", ["short", "large", "warmup", "bf16", "attention",
