@@ -7,7 +7,7 @@ if [ -z "$pg_bin" ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null
     pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 fi
-python3 -c "import psycopg" 2>/dev/null || python3 -m pip install -q "psycopg[binary]>=3.1,<4"
+"${PYTHON:-python3}" -c "import psycopg" 2>/dev/null || "${PYTHON:-python3}" -m pip install -q "psycopg[binary]>=3.1,<4"
 pg_dir=$(mktemp -d /tmp/semckd-pg.XXXXXX)
 pg_port=${SEMCKD_PG_PORT:-55432}
 _semckd_pg_stop() {

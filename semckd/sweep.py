@@ -299,7 +299,7 @@ def _train_cell(held: Any, cfg: TrainConfig, run_dir: Path, values: dict[str, An
                 train_fn: Callable[..., dict[str, Any]], log: Callable[[str], None],
                 prefix: str) -> dict[str, Any] | None:
     """Train (or resume, or read) one held cell; its record, or None when the cell was taken over."""
-    from .engine import NonFiniteLossError
+    from .finite import NonFiniteLossError
     from .runfolder import METRICS, read_jsonl
     from .study import CellLost
 

@@ -19,6 +19,7 @@ from sweep_worker import GRID, SEEDS, base_cfg
 from semckd import engine
 from semckd.cli import main as cli_main
 from semckd.errors import UserError
+from semckd.finite import NonFiniteLossError
 from semckd.sweep import cell_label, parse_ranges, run_sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -261,7 +262,7 @@ def test_diverged_cell_is_recorded_never_selected_nor_retrained(data_dir, tmp_pa
     def fake(cfg, on_epoch=None):
         calls.append(cfg.method_args["weight"])
         if cfg.method_args["weight"] > 2:
-            raise engine.NonFiniteLossError("loss is nan at epoch 1")
+            raise NonFiniteLossError("loss is nan at epoch 1")
         return {"best_val_acc": 50.0 + cfg.method_args["weight"], "best_acc": 1.0, "train_time_s": 0.1}
 
     grid = {"weight": [1.0, 2.0, 3.0]}
