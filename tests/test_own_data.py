@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -389,12 +388,3 @@ def test_cli_bad_csv(case, expect, csv_dir, capsys, tmp_path) -> None:
     assert expect in err
 
 
-# ---------------------------------------------------------------------- item 7: the README section
-def test_readme_own_data_snippet_runs(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Your own data", 1)[1].split("\n## ", 1)[0]
-    code = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert code, "README 'Your own data' has no python example"
-    exec(compile(code[0], "README.md", "exec"), {})  # noqa: S102 - our own documentation
-    assert (tmp_path / "runs" / "mine" / "best.pt").is_file()

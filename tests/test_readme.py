@@ -203,7 +203,8 @@ def _readme_sections() -> list[str]:
 def test_every_block_is_run_by_a_test():
     """A block added anywhere in the README must be one these tests run (or the set-up block)."""
     covered = {("", "bash"), ("Use it as a library", "python"), ("Command line", "bash"),
-               ("Your own model", "python"), ("Your own model", "bash")}
+               ("Your own model", "python"), ("Your own model", "bash"), ("Your own data", "python"),
+               ("Your own data", "bash")}
     found = {(b.section if b.section in _readme_sections() else "", b.lang)
              for b in extract_blocks(README.read_text())}
     assert found == covered, f"README code blocks changed: {sorted(found ^ covered)}; run the new ones here"
@@ -240,7 +241,7 @@ def _ci_runs(ci: str, line: str) -> bool:
 
 
 # ---------------------------------------------------------------------- fast: the Python blocks
-@pytest.mark.parametrize("section", ["Use it as a library", "Your own model"])
+@pytest.mark.parametrize("section", ["Use it as a library", "Your own model", "Your own data"])
 def test_python_block_runs(section, tmp_path, data_root):
     assert run_python(_one(section, "python"), tmp_path, _env(data_root)) == []
 
@@ -306,6 +307,35 @@ def test_own_model_block_runs(tmp_path, data_root):
     block = _one("Your own model", "bash")
     assert run_commands(block, tmp_path, _env(data_root)) == []
     assert (tmp_path / "deploy" / "student.pt").is_file()
+
+
+@pytest.mark.readme_long
+def test_own_data_block_runs(tmp_path, data_root):
+    """What the block's lines name: ``mydata/`` holding ``train.csv``/``test.csv`` of PNG files (written
+    here from the Fashion-MNIST slice) and ``mydata.py`` with ``def load(data_dir=None)`` (as the comment
+    says), returning tensors."""
+    from PIL import Image
+
+    from semckd.data import load_arrays
+
+    xtr, ytr, xte, yte, _ = load_arrays("fashion_mnist", str(data_root / "fashion-mnist"))
+    d = tmp_path / "mydata"
+    (d / "img").mkdir(parents=True)
+    for split, xs, ys in (("train", xtr[:N_TRAIN], ytr[:N_TRAIN]), ("test", xte[:64], yte[:64])):
+        rows = ["path,label"]
+        for i in range(len(ys)):
+            Image.fromarray(xs[i, 0].numpy()).save(d / "img" / f"{split}{i}.png")
+            rows.append(f"img/{split}{i}.png,{int(ys[i])}")
+        (d / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "mydata.py").write_text(
+        "def load(data_dir=None):\n"
+        "    from semckd.data import load_arrays\n"
+        "    xtr, ytr, xte, yte, _ = load_arrays('fashion_mnist')\n"
+        f"    return (xtr[:{N_TRAIN}], ytr[:{N_TRAIN}]), (xte[:64], yte[:64])\n")
+    block = _one("Your own data", "bash")
+    assert run_commands(block, tmp_path, _env(data_root)) == []
+    for run in ("runs/t", "runs/t2"):
+        assert (tmp_path / run / "best.pt").is_file(), f"{run} missing after the README's commands"
 
 
 @pytest.mark.readme_long
