@@ -53,6 +53,13 @@ SUBSTITUTE: dict[tuple[str, str], tuple[str, str]] = {
          "--epochs 8 --milestones 5 6 7 --out runs/s --resume", "...: the distill line above"),
     ("README.md", "semckd plot curves runs/a runs/b --out curves.png"):
         ("semckd plot curves runs/t runs/s --out curves.png", "runs/a runs/b: two runs the block made"),
+    ("README.md", "semckd sweep --teacher t.pt --model resnet8 --dataset fashion_mnist --method semckd "
+                  "--grid beta=25,100,400 --seeds 0,1,2 --val-split 1000 --epochs 6 --out /shared/sweep "
+                  "--storage postgresql://USER:PASSWORD@HOST:5432/semckd"):
+        ("semckd sweep --teacher runs/t/best.pt --model resnet8 --dataset fashion_mnist --method semckd "
+         "--grid beta=25,100,400 --seeds 0,1,2 --val-split 1000 --epochs 6 --out shared/sweep "
+         "--storage shared/beta.journal",
+         "t.pt, /shared, the server: the teacher above, a folder here, the documented journal-file form"),
     ("docs/recipe_sources.md", f"{RECIPE} path/to/your/resnet32x4.pt"):
         (f"{RECIPE} {CIFAR_TEACHER}", "the placeholder path: a teacher checkpoint"),
 }
@@ -262,12 +269,12 @@ def test_a_broken_shell_line_fails_the_harness(tmp_path, data_root):
     broken = text.replace("train-teacher --dataset fashion_mnist --model resnet20",
                           "train-teacher --dataset fashion_mnist --model resnet21", 1)
     assert broken != text
-    (block,) = [b for b in extract_blocks(broken) if b.section == "Command line"]
+    block = [b for b in extract_blocks(broken) if b.section == "Command line"][0]
     failures = run_commands(block, tmp_path, _env(data_root), only=[0])
     assert len(failures) == 1 and "resnet21" in failures[0] and "exited 2" in failures[0]
     # and a new placeholder line, which runs as written and cannot
     broken = text.replace("semckd eval --checkpoint runs/s/best.pt", "semckd eval --checkpoint PATH", 1)
-    (block,) = [b for b in extract_blocks(broken) if b.section == "Command line"]
+    block = [b for b in extract_blocks(broken) if b.section == "Command line"][0]
     k = [c for _, c in block.commands].index("semckd eval --checkpoint PATH")
     failures = run_commands(block, tmp_path, _env(data_root), only=[k])
     assert len(failures) == 1 and "exited 2" in failures[0] and "PATH" in failures[0]
@@ -287,9 +294,11 @@ def test_the_shrinking_flags_are_added_to_training_commands_only():
 @pytest.mark.readme_long
 def test_command_line_block_runs(tmp_path, data_root):
     _prepare(tmp_path)
-    block = _one("Command line", "bash")
-    assert len(block.commands) >= 12
+    block, shared = _blocks("Command line", "bash")  # the commands, then one sweep on several machines
+    assert len(block.commands) >= 11
     assert run_commands(block, tmp_path, _env(data_root)) == []
+    assert run_commands(shared, tmp_path, _env(data_root)) == []
+    assert (tmp_path / "shared" / "beta.journal").is_file() and (tmp_path / "shared/sweep/sweep.md").is_file()
     for f in ("runs/s/best.pt", "runs/s/attention.png", "curves.png", "runs/sweep/sweep.md",
               "deploy/student.onnx", "deploy/student.torchscript.pt", "runs/demo/semckd/run.json"):
         assert (tmp_path / f).is_file(), f"{f} missing after the README's commands"
