@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from semckd.data.imagefolder import _pil
+from semckd.data.imagefolder import require_pil
 
 __all__ = ["PILAugmentDataset", "baseline_loader"]
 
@@ -40,7 +40,7 @@ class PILAugmentDataset(Dataset):
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
         self.pad, self.flip, self.augment = pad, flip, augment
-        self._image = _pil()
+        self._image = require_pil()
 
     def __len__(self) -> int:
         return len(self.images)

@@ -191,7 +191,7 @@ def machine() -> dict[str, Any]:
 read_results = read_jsonl  # the results file: a line cut by a kill is skipped
 
 
-def _append(path: Path, rec: dict[str, Any]) -> None:
+def append_result(path: Path, rec: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
@@ -199,7 +199,7 @@ def _append(path: Path, rec: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _config(table: dict[str, Any], method: str, values: dict[str, Any], seed: int, out: Path):
+def cell_config(table: dict[str, Any], method: str, values: dict[str, Any], seed: int, out: Path):
     epochs = table["epochs"]
     args: dict[str, Any] = json.loads(json.dumps(METHODS[method][2]))
     args.update(table.get("fixed", {}).get(method, {}))
@@ -237,7 +237,7 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
 
     label = cell_label(values) or "default"
     run_dir = out_dir / name / cell_path(method, values, seed)
-    cfg = _config(table, method, values, seed, run_dir)
+    cfg = cell_config(table, method, values, seed, run_dir)
     run, cfg, _ = plan_cell(cfg, run_dir)
     if run is None:
         print(f"[{name}] {method} {label} seed {seed} → {run_dir}", flush=True)
@@ -258,7 +258,7 @@ def run_cell(name: str, table: dict[str, Any], method: str, values: dict[str, An
            "train_time_s": run.get("train_time_s"), "diverged": run.get("diverged"),
            "method_args": cfg.method_args, "amp": run.get("amp") or cfg.amp,
            "epochs": cfg.epochs, "limit_train": cfg.limit_train, "val_split": cfg.val_split, **info}
-    _append(results, rec)
+    append_result(results, rec)
     return rec
 
 

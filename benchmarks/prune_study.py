@@ -61,7 +61,7 @@ def measure(budget: str, method: str, pruner: str, out_dir: Path) -> dict[str, A
     full = full_grid(budget, method)
     table = protocol.TABLES[budget]
     out = out_dir / f"{budget}-{method}-{pruner}"
-    base = protocol._config(table, method, {}, 0, out / "unused")
+    base = protocol.cell_config(table, method, {}, 0, out / "unused")
     res = run_sweep(base, full["grid"], [0], out, prune=pruner, log=lambda s: print(f"[{out.name}] {s}",
                                                                                    flush=True))
     trained = sum(r.get("epochs_trained") or 0 for r in res.records)

@@ -23,7 +23,7 @@ from .errors import UserError
 from .report import load_run
 from .runfolder import EpochRecord, read_config, read_epochs
 
-__all__ = ["attention_by_epoch", "pick_epochs", "plot_attention", "plot_curves"]
+__all__ = ["attention_by_epoch", "pick_epochs", "plot_attention", "plot_curves", "split_label"]
 
 _MISSING = "plotting needs matplotlib, which is not installed: pip install matplotlib"
 
@@ -80,7 +80,7 @@ def _layer_labels(extras: dict[str, Any], key: str, n: int, prefix: str) -> list
     return [f"{prefix}{i + 1}" for i in range(n)]
 
 
-def _split_label(run_dir: Path, extras: dict[str, Any]) -> str:
+def split_label(run_dir: Path, extras: dict[str, Any]) -> str:
     """Which images the summary was averaged over: the record says; older records follow the engine's
     rule (the validation split when the run has one, else the test set)."""
     where = extras.get("observed_on")
@@ -174,7 +174,7 @@ def plot_attention(run_dir: str | os.PathLike, out_path: str | os.PathLike | Non
     if mse_image is not None:
         fig.colorbar(mse_image, ax=[row[1] for row in axes], label="projected MSE", shrink=0.9)
     pinned = attention_pinned(last)
-    title = f"{run_dir.name}: layer attention, {_split_label(run_dir, last)}"
+    title = f"{run_dir.name}: layer attention, {split_label(run_dir, last)}"
     if pinned:
         title += "\npinned at a corner of its range (red lines): it no longer depends on the input"
     fig.suptitle(title, fontsize=10)

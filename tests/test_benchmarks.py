@@ -74,6 +74,21 @@ def test_no_import_path_edits_in_benchmarks_tests_or_scripts():
     assert hits == []
 
 
+def test_tests_import_no_private_names():
+    """Tests hold the library to its public behaviour: a private name imported here would have to stay
+    alive through every refactor. (Names are checked at import lines; ``_`` helpers of a test file are
+    its own.)"""
+    private = re.compile(r"^\s*from (semckd|benchmarks)[\w.]* import (.*)$")
+    hits = []
+    for p in (ROOT / "tests").glob("*.py"):
+        for i, line in enumerate(p.read_text().splitlines(), 1):
+            m = private.match(line)
+            names = [n.strip().split(" as ")[0] for n in m.group(2).strip("()").split(",")] if m else []
+            if any(n.startswith("_") for n in names):
+                hits.append(f"{p.name}:{i}: {line.strip()}")
+    assert hits == []
+
+
 def test_bench_precision_names_map_onto_the_librarys_precision(monkeypatch):
     from semckd import precision
 

@@ -229,7 +229,7 @@ def test_autocast_bf16_cpu_close_to_fp32(impl: str) -> None:
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_keeps_no_more_for_backward_than_the_reference(config: str, impl: str) -> None:
     """Activation memory: the criterion (channels-last by default on CPU) must not keep layout copies
-    beyond what the per-pair reference keeps (the performance issue's memory target)."""
+    beyond what the per-pair reference keeps (the criterion's memory target)."""
     from benchmarks.bench import saved_for_backward_mb
 
     B, s_shapes, t_shapes, factor = CONFIGS[config]

@@ -596,10 +596,10 @@ def test_imagefolder_errors(tmp_path):
 def test_pillow_missing_message(monkeypatch):
     import sys
 
-    from semckd.data.imagefolder import _pil
+    from semckd.data.imagefolder import require_pil
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(UserError, match="pip install pillow"):
-        _pil()
+        require_pil()
 
 
 def test_random_resized_crop_box_bounds():

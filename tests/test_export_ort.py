@@ -103,9 +103,9 @@ def test_readme_states_the_opset_and_dynamic_batch():
 def test_export_without_onnx_says_how_to_get_it(tmp_path, monkeypatch, capsys):
     """Where the onnx package is missing, export writes the other formats and names the install."""
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
-    from test_tools import _trained_checkpoint
+    from test_tools import trained_checkpoint
 
-    ckpt, _ = _trained_checkpoint(tmp_path)
+    ckpt, _ = trained_checkpoint(tmp_path)
     assert main(["export", str(ckpt), "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
     assert "onnx         skipped: the onnx package is not installed" in out and "'.[onnx]'" in out

@@ -235,8 +235,8 @@ def real_bench_json(tmp_path_factory) -> dict:
 
 def _gpu_like(real: dict) -> dict:
     """The real file grown into a check-sized one: rows copied from the real row with the bench's own
-    speed-up code (benchmarks.bench.table._add_speedups) filling in the ratios."""
-    from benchmarks.bench.table import _add_speedups
+    speed-up code (benchmarks.bench.table.add_speedups) filling in the ratios."""
+    from benchmarks.bench.table import add_speedups
 
     data = copy.deepcopy(real)
     (kd,) = data["results"]
@@ -248,7 +248,7 @@ def _gpu_like(real: dict) -> dict:
             for method, ms in times.items():
                 rows.append({**kd, "pair": pair, "method": method, "precision": prec, "is_default": default,
                              "ms_per_step": ms * (2 if pair == "cifar100" else 1)})
-    _add_speedups(rows)
+    add_speedups(rows)
     data["results"] = rows
     data["machine"].update(device="cuda:0", gpu="NVIDIA H200")
     return data

@@ -117,7 +117,7 @@ def test_a_mistyped_option_is_one_line_and_writes_nothing(door: str, tmp_path: P
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]  # nothing written into the run folder
 
 
-def test_the_issue_recipe_exits_2_without_a_traceback(tmp_path: Path) -> None:
+def test_a_list_valued_beta_in_a_recipe_exits_2_without_a_traceback(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("method: semckd\nmethod_args: {beta: [1, 2]}\n")
     p = subprocess.run([sys.executable, "-m", "semckd", *_distill(tmp_path / "run", "--config", str(recipe))],

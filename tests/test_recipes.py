@@ -172,7 +172,7 @@ def test_recipe_options_build_each_method():
 
 
 def test_recipes_follow_the_cited_sources():
-    """The settings the issue found drifting from their sources, checked against the sources' values."""
+    """Settings once found drifting from their sources, checked against the sources' values."""
     for pair in PAIRS:
         fit = _recipe(pair, "fitnet")
         # SemCKD/SimKD train_student.py --hint_layer 1; RepDistiller (CRD-paper numbers) defaults to 2

@@ -35,7 +35,7 @@ def distill(data: str, teacher: str, out: Path, *extra: str, method: str = "kd",
 
 
 def test_poisoned_state_is_never_called_a_good_checkpoint(setup, capsys):
-    """lr 100: the loss stays finite while BatchNorm statistics overflow to inf (the issue's case)."""
+    """lr 100: the loss stays finite while BatchNorm statistics overflow to inf."""
     root, data, teacher = setup
     out = root / "lr100"
     assert main(distill(data, teacher, out, "--lr", "100", epochs=3)) == 2

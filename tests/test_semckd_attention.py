@@ -255,10 +255,10 @@ def test_pinned_attention_is_noted_in_run_json_report_and_plot(tmp_path, tiny) -
     report = build_report([run])
     assert "Notes:" in report and "pinned at a corner" in report
     pytest.importorskip("matplotlib")
-    from semckd.plot import _split_label
+    from semckd.plot import split_label
 
-    assert _split_label(run, rec["extras"]) == "validation-split mean"
-    assert _split_label(run, {}) == "validation-split mean"  # older records: the run's val split
+    assert split_label(run, rec["extras"]) == "validation-split mean"
+    assert split_label(run, {}) == "validation-split mean"  # older records: the run's val split
 
 
 def test_resume_with_a_fixed_attention_is_bit_identical(tmp_path, tiny) -> None:

@@ -209,7 +209,7 @@ def test_report_ari_missing_rows_and_cli(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- export
-def _trained_checkpoint(tmp_path: Path, *, method: str = "semckd",
+def trained_checkpoint(tmp_path: Path, *, method: str = "semckd",
                         extra_cfg: dict | None = None) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
     model = create_model("resnet8", num_classes=10, in_channels=1)
@@ -233,7 +233,7 @@ def _trained_checkpoint(tmp_path: Path, *, method: str = "semckd",
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.* is deprecated, still supported
 def test_export_state_dict_and_torchscript(tmp_path, capsys):
-    ckpt, model = _trained_checkpoint(tmp_path)
+    ckpt, model = trained_checkpoint(tmp_path)
     out = tmp_path / "export"
     assert main(["export", str(ckpt.parent), "--out", str(out), "--format", "state_dict,torchscript"]) == 0
     assert "torchscript" in capsys.readouterr().out
@@ -324,7 +324,7 @@ def test_export_simkd_deploys_projector_and_teacher_head(tmp_path):
 def test_export_bad_inputs(tmp_path):
     from semckd.export import export_checkpoint
 
-    ckpt, _ = _trained_checkpoint(tmp_path)
+    ckpt, _ = trained_checkpoint(tmp_path)
     with pytest.raises(UserError, match="unknown export format"):
         export_checkpoint(ckpt, tmp_path / "o", ["pickle"])
     torch.save({"a": torch.zeros(1)}, tmp_path / "plain.pt")
@@ -427,7 +427,7 @@ def test_bench_isolated_process_and_cli_json(tmp_path, capsys):
 
 
 def test_bench_layer_sweep_and_op_families():
-    from benchmarks.bench import _family, block_layers, layer_sweep
+    from benchmarks.bench import block_layers, layer_sweep, op_family
 
     s, t = create_model("resnet8"), create_model("resnet20")
     assert block_layers(s) == ["layer1.0", "layer2.0", "layer3.0"]  # the stem is not a candidate
@@ -439,12 +439,12 @@ def test_bench_layer_sweep_and_op_families():
     assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs) == 3
     for _, names in sweep:
         assert {"layer1.2", "layer2.2", "layer3.2"} <= set(names)  # stage outputs are always candidates
-    assert _family("aten::convolution") == _family("ConvolutionBackward0") == "projectors: conv"
-    assert _family("aten::bmm") == _family("BmmBackward0") == "attention: Gram + MLP matmuls"
-    assert _family("aten::native_batch_norm") == "projectors: BN + ReLU"
-    assert _family("aten::_softmax") == "attention: softmax / normalize"
-    assert _family("aten::pow") == _family("PowBackward0") == "MSE: sub/pow/mean/mul"
-    assert _family("aten::copy_").startswith("other")
+    assert op_family("aten::convolution") == op_family("ConvolutionBackward0") == "projectors: conv"
+    assert op_family("aten::bmm") == op_family("BmmBackward0") == "attention: Gram + MLP matmuls"
+    assert op_family("aten::native_batch_norm") == "projectors: BN + ReLU"
+    assert op_family("aten::_softmax") == "attention: softmax / normalize"
+    assert op_family("aten::pow") == op_family("PowBackward0") == "MSE: sub/pow/mean/mul"
+    assert op_family("aten::copy_").startswith("other")
 
 
 def test_bench_component_breakdown_semckd():

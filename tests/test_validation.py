@@ -262,9 +262,10 @@ def test_protocol_studies_run_every_point_and_pair_seeds():
     """Study tables (warm-up, precision) select nothing: every grid point gets 3 seeds, run settings such
     as ``amp`` reach the run config (not the method options), and differences are paired by seed."""
     table = protocol.TABLES["bf16"]
-    cfg = protocol._config(table, "semckd", {"amp": "bf16"}, 1, Path("/tmp/unused"))
+    cfg = protocol.cell_config(table, "semckd", {"amp": "bf16"}, 1, Path("/tmp/unused"))
     assert cfg.amp == "bf16" and cfg.method_args == {"beta": 100.0} and cfg.seed == 1
-    assert protocol._config(protocol.TABLES["short"], "semckd", {"beta": 25.0}, 0, Path("/x")).amp == "none"
+    short = protocol.cell_config(protocol.TABLES["short"], "semckd", {"beta": 25.0}, 0, Path("/x"))
+    assert short.amp == "none"
     recs = [{"method": "semckd", "values": {"amp": a}, "seed": s, "best_val_acc": 80.0,
              "best_acc": 80.0 + s + (0.5 if a == "bf16" else 0.0), "train_time_s": 1.0}
             for a in ("none", "bf16") for s in (0, 1, 2)]
@@ -296,7 +297,7 @@ def test_protocol_row_tables_tune_on_validation_and_pair_ablations():
     assert protocol.row_points(learned) == ([{}], False)
     points, is_tuned = protocol.row_points(tuned)
     assert is_tuned and {} in points  # τ = 1 is the paper's cell
-    cfg = protocol._config(table, "semckd", {"attention": "uniform"}, 2, Path("/x"))
+    cfg = protocol.cell_config(table, "semckd", {"attention": "uniform"}, 2, Path("/x"))
     assert cfg.method_args == {"beta": 100.0, "attention": "uniform"} and cfg.model == "resnet8"
     assert protocol.row_plan([], tuned) == [(p, 0) for p in points]  # tuning first
     recs = [{"method": "semckd", "values": v, "seed": s, "best_val_acc": 80.0 + s,
@@ -315,7 +316,7 @@ def test_protocol_row_tables_tune_on_validation_and_pair_ablations():
     assert "semckd uniform − semckd learned (paper): seed 0: +0.50" in paired[0]
     assert "seed 0: -1.00" in paired[1]
     cross = protocol.TABLES["cross_wrn_40_2_mobilenetv2"]
-    ccfg = protocol._config(cross, "semckd", {"attention": "one_to_one", "beta": 25.0}, 0, Path("/x"))
+    ccfg = protocol.cell_config(cross, "semckd", {"attention": "one_to_one", "beta": 25.0}, 0, Path("/x"))
     assert ccfg.model == "mobilenetv2" and ccfg.lr == 0.01
     assert ccfg.teacher.endswith("fashion_mnist_wrn_40_2.pt")
     grids = [protocol.row_points(r)[0] for r in cross["rows"]]
@@ -334,14 +335,15 @@ def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, mon
         trained.append((method, values.get("beta"), seed))
         rec = {"table": name, "method": method, "values": values, "label": "", "seed": seed,
                "best_val_acc": 80.0 + (values.get("beta") or 0.0), "best_acc": 70.0, "train_time_s": 1.0}
-        protocol._append(results_path, rec)
+        protocol.append_result(results_path, rec)
         return rec
 
     monkeypatch.setattr(protocol, "run_cell", fake_cell)
     grid = protocol.grid_for(protocol.TABLES["large"], "crd")["beta"]
     # an older worker already recorded the first tuning cell (a line as the old protocol.py appends it)
-    protocol._append(results, {"table": "large", "method": "crd", "values": {"beta": grid[0]}, "label": "x",
-                               "seed": 0, "best_val_acc": 1.0, "best_acc": 1.0, "train_time_s": 1.0})
+    protocol.append_result(results, {"table": "large", "method": "crd", "values": {"beta": grid[0]},
+                                     "label": "x", "seed": 0, "best_val_acc": 1.0, "best_acc": 1.0,
+                                     "train_time_s": 1.0})
     other = protocol.open_study("large", protocol.TABLES["large"], out, None)  # another worker's study
     holder = other.claim(f"crd__beta={grid[-1]}__seed0")
     assert holder is not None

@@ -46,7 +46,7 @@ and the precisions are :class:`semckd.precision.Precision` values; the names her
 
 from __future__ import annotations
 
-from .breakdown import _family, component_breakdown
+from .breakdown import component_breakdown, op_family
 from .config import (
     METHODS,
     NAMES,
@@ -79,4 +79,5 @@ __all__ = ["METHODS", "NAMES", "PAIRS", "PRECISIONS", "BenchConfig", "block_laye
            "component_breakdown", "count_step_flops", "default_counts", "default_precision", "format_scaling",
            "format_table", "layer_sweep", "machine_info", "matmul_peak_gflops", "measure", "name_of",
            "precision_of", "resolve_device", "run_bench", "run_scaling", "saved_for_backward_mb",
-           "train_step", "write_json", "_family", "_measure_isolated", "_reference_swap", "_sync", "_threads"]
+           "train_step", "write_json", "op_family", "_measure_isolated", "_reference_swap", "_sync",
+           "_threads"]

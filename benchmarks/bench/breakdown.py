@@ -80,7 +80,7 @@ _PROJ_CONV, _PROJ_BN = "projectors: conv", "projectors: BN + ReLU"
 
 _RESIZE, _MSE, _OTHER = "resize: adaptive pool", "MSE: sub/pow/mean/mul", "other (copies, casts, cat/stack)"
 
-def _family(op: str) -> str:
+def op_family(op: str) -> str:
     """Op family of a profiler event name (forward ``aten::x`` and backward ``XBackward0`` alike).
 
     In the SemCKD criterion matmuls only occur in the attention branch (Gram matrix, query/key MLPs,
@@ -140,6 +140,6 @@ def _profile_families(fn: Callable[[], None], device: torch.device) -> dict[str,
             us = ev.self_cpu_time_total
         if not us or ev.key.startswith(("ProfilerStep", "[memory]")):
             continue
-        fam = _family(ev.key)
+        fam = op_family(ev.key)
         totals[fam] = totals.get(fam, 0.0) + us / 1e3
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

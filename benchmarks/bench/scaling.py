@@ -20,7 +20,7 @@ from .config import (
     resolve_counts,
     resolve_device,
 )
-from .table import _add_speedups, _f
+from .table import _f, add_speedups
 from .timing import _measure_isolated, measure
 
 
@@ -134,8 +134,8 @@ def _run_scaling(student, teacher, input_size, in_channels, num_classes, batch_s
     for b in batch_sizes:
         for m in methods:
             batch_rows.append(run(dataclasses.replace(base, method=m, batch_size=int(b))))
-    _add_speedups(layers_rows)
-    _add_speedups(batch_rows)
+    add_speedups(layers_rows)
+    add_speedups(batch_rows)
     if log:
         log("scaling: component breakdown ...")
     breakdown = {

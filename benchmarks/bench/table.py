@@ -79,14 +79,14 @@ def _run_bench(pairs, methods, precisions, batch_size, dev, steps, warmup, repea
                     row["pct_of_peak"] = 100.0 * row["achieved_gflops"] / peaks[prec][0]
                 row["is_default"] = prec == default
                 results.append(row)
-    _add_speedups(results)
+    add_speedups(results)
     return {"machine": machine_info(dev),
             "settings": {"batch_size": batch_size, "steps": steps, "warmup": warmup, "repeats": repeats,
                          "isolated_processes": isolate,
                          "timing": "median over repeats of the mean step time"},
             "results": results}
 
-def _add_speedups(rows: list[dict[str, Any]]) -> None:
+def add_speedups(rows: list[dict[str, Any]]) -> None:
     refs = {(r["pair"], r["batch_size"], r["student_layers"], r["teacher_layers"]): r
             for r in rows if r["method"] == "reference"}
     for r in rows:

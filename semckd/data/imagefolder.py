@@ -26,13 +26,14 @@ from ..errors import UserError
 from .loader import Batch, Normalizer, derive_seed, epoch_order, shard_size
 
 __all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "ImageFolderLoader", "center_crop_box", "find_classes",
-           "random_resized_crop_box"]
+           "random_resized_crop_box", "require_pil"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 _VAL_NAMES = ("val", "validation", "test")
 
 
-def _pil() -> Any:
+def require_pil() -> Any:
+    """PIL's ``Image`` module, or a one-line error naming the install: Pillow is an optional dependency."""
     try:
         from PIL import Image
     except ImportError:
@@ -133,7 +134,7 @@ class ImageFolderDataset(Dataset):
 
     def load(self, index: int, epoch: int = 0) -> torch.Tensor:
         """Decode + transform one image to a uint8 (3, S, S) tensor."""
-        image_mod = _pil()
+        image_mod = require_pil()
         path, _ = self.samples[index]
         try:
             with image_mod.open(path) as im:

@@ -574,8 +574,8 @@ class _FileDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        from .imagefolder import _pil
-        image_mod = _pil()
+        from .imagefolder import require_pil
+        image_mod = require_pil()
         try:
             with image_mod.open(self.paths[i]) as im:
                 img = im.convert(self.mode)
@@ -659,9 +659,9 @@ def csv_splits(spec: DatasetSpec, req: DataRequest) -> DataSplits:
                                 "needs training images")
             ys = [names_of[lab] for lab in labels]
         if mode is None:
-            from .imagefolder import _pil
+            from .imagefolder import require_pil
             try:
-                with _pil().open(full[0]) as im:
+                with require_pil().open(full[0]) as im:
                     mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
             except Exception as e:  # noqa: BLE001
                 raise UserError(f"{full[0]}: cannot decode image ({type(e).__name__}: {e}); remove or "
