@@ -23,7 +23,6 @@ or more per budget on a 2-core CPU); the run folders (resumable) go under ``--ou
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -105,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 if done:
                     continue
                 rec = measure(budget, method, a.pruner, Path(a.out_dir))
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                with open(RESULTS, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                protocol.append_result(RESULTS, rec)  # one line per finished measurement, fsynced
     text = table_md(read_jsonl(RESULTS)) if RESULTS.exists() else "nothing recorded yet\n"
     if RESULTS.exists():
         write_text_atomic(RESULTS.with_suffix(".md"), text)
