@@ -95,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pruner", choices=["halving", "hyperband"], default="halving")
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "prune"))
     p.add_argument("--report", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     a = p.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     if not a.report:
         for budget in a.budgets.split(","):
             for method in a.methods.split(","):
