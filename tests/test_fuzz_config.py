@@ -41,6 +41,10 @@ KEYS = [n for n, f in config_fields().items() if f.metadata.get("cli", True)]
 # library methods only (other test modules register probe methods in this process)
 METHODS = [m for m in list_methods() if get_method(m).__module__.startswith("semckd.methods")]
 OPTIONS = [(m, o) for m in METHODS for o in option_specs(m)]
+# the canonical sweep meets the base class's scalar options (checked by the one rule before anything is
+# built) through one method; what a method builds from (its own options, its layer taps) through each
+_SHARED = {"ce_weight", "kd_weight", "temperature", "logit_std"}
+OWN_OPTIONS = [(m, o) for m, o in OPTIONS if o not in _SHARED or m == "kd"]
 _BOOL_KEYS = {n for n, tp in typing.get_type_hints(TrainConfig).items() if tp in (bool, bool | None)}
 
 MISSING = "/nonexistent/semckd-fuzz/missing.pt"
@@ -65,6 +69,8 @@ _HARNESSES = itertools.count()
 # the canonical wrong values every key and option meets once (Hypothesis adds random ones)
 CANON = [math.nan, math.inf, -math.inf, -1, 0, 10**30, -0.5, "", "é💥", [[1, 2]], {"a": 1}, None, MISSING,
          True]
+# options: the values that reached tracebacks or silent acceptance (none is the default, left to Hypothesis)
+CANON_OPTION = [math.nan, math.inf, -1, 0, 10**30, "", [[1, 2]], {"a": 1}]
 DOORS = ["yaml", "flag", "set"]
 
 
@@ -106,6 +112,7 @@ class _Harness:
         self.root, self.data, self.teacher, self.template = world
         self.work = self.root / f"work{next(_HARNESSES)}"
         self.started: list[TrainConfig] = []
+        self.before = _snapshot(self.template)
         self.n = 0
         harness = self
 
@@ -140,9 +147,10 @@ class _Harness:
     def check(self, method: str, door: str, key: str, value: Any) -> None:
         """One wrong value through one door: the run starts, or one error line, exit 2, folder kept."""
         self.n += 1
-        out = self.work / f"run{self.n}"
-        shutil.copytree(self.template, out)
-        before = _snapshot(out)
+        out = self.work / "existing"
+        if not out.exists():  # a fresh copy after a run started in (and replaced) the last one
+            shutil.copytree(self.template, out)
+        before = self.before
         base = self.base(method, out)
         dotted = key.split(".")
         extra: list[str] = []
@@ -166,6 +174,7 @@ class _Harness:
         if rc == 0:
             assert len(self.started) == 1, f"{what}: exit 0 but no run started\n{err}"
             _assert_sane(self.started[0], what)
+            shutil.rmtree(out)
             return
         lines = [x for x in err.strip().splitlines() if x.strip()]
         errors = [x for x in lines if "error:" in x]
@@ -174,7 +183,6 @@ class _Harness:
             f"{what}: not one error line\n{err}"
         assert not self.started, f"{what}: exit 2 after the run started\n{err}"
         assert _snapshot(out) == before, f"{what}: the refused command changed the existing run folder"
-        shutil.rmtree(out)
 
 
 def _assert_sane(cfg: TrainConfig, what: str) -> None:
@@ -191,7 +199,7 @@ def _assert_sane(cfg: TrainConfig, what: str) -> None:
             assert not (isinstance(x, float) and not math.isfinite(x)), f"{what}: started with {f.name}={x!r}"
 
 
-_SETTINGS = settings(max_examples=120, deadline=None, derandomize=True, database=None,
+_SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(HealthCheck))
 
 
@@ -207,7 +215,7 @@ def test_every_config_key_meets_every_canonical_wrong_value(world, monkeypatch):
 
 def test_every_method_option_meets_every_canonical_wrong_value(world, monkeypatch):
     h = _Harness(world, monkeypatch)
-    for i, ((method, name), value) in enumerate(itertools.product(OPTIONS, CANON)):
+    for i, ((method, name), value) in enumerate(itertools.product(OWN_OPTIONS, CANON_OPTION)):
         h.check(method, DOORS[i % 3], f"method_args.{name}", value)
 
 
@@ -220,7 +228,7 @@ def test_every_config_key_refuses_wrong_values_in_one_line(world, monkeypatch):
         h.check("kd", _door(door, key), key, value)
 
     prop()
-    assert h.n == 120
+    assert h.n == 60
 
 
 @pytest.mark.parametrize("door", ["yaml", "flag", "set"])
