@@ -106,7 +106,8 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 
 
 class _Harness:
-    """Runs one fuzzed command in-process against a fresh copy of the existing run folder."""
+    """Runs fuzzed commands in-process with ``--force`` into a copy of an existing run folder (recopied
+    after a run started in it)."""
 
     def __init__(self, world: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
         self.root, self.data, self.teacher, self.template = world
@@ -123,11 +124,18 @@ class _Harness:
         monkeypatch.setattr(semckd.engine.Trainer, "fit", fit)
         monkeypatch.chdir(self.root)  # a default --out (runs/...) lands in the test's folder
 
-    def base(self, method: str, out: Path) -> list[str]:
-        return ["--dataset", "fashion_mnist", "--data-dir", self.data, "--model", TINY, "--teacher",
-                self.teacher, "--method", method, "--epochs", "1", "--batch-size", "32", "--limit-train",
-                "64", "--milestones", "1", "--device", "cpu", "--quiet", "--no-tensorboard", "--force",
-                "--out", str(out)]
+    def base(self, method: str, out: Path, without: str = "") -> list[str]:
+        """The valid rest of the command; ``without`` leaves a key to the YAML file (flags would win)."""
+        flags = {"dataset": ["fashion_mnist"], "data_dir": [self.data], "model": [TINY],
+                 "teacher": [self.teacher], "method": [method], "epochs": ["1"], "batch_size": ["32"],
+                 "limit_train": ["64"], "milestones": ["1"], "device": ["cpu"], "quiet": [],
+                 "tensorboard": None, "force": [], "out": [str(out)]}
+        argv: list[str] = []
+        for k, v in flags.items():
+            if k != without:
+                flag = "--" + k.replace("_", "-")
+                argv += [flag.replace("--", "--no-")] if v is None else [flag, *v]
+        return argv
 
     def run(self, base: list[str], extra: list[str], yaml_layer: dict[str, Any] | None) -> tuple[int, str]:
         argv = ["distill", *base]
@@ -151,22 +159,18 @@ class _Harness:
         if not out.exists():  # a fresh copy after a run started in (and replaced) the last one
             shutil.copytree(self.template, out)
         before = self.before
-        base = self.base(method, out)
+        base = self.base(method, out, without=key if door == "yaml" else "")
         dotted = key.split(".")
         extra: list[str] = []
         layer: dict[str, Any] | None = None
         if door == "yaml":
             layer = {dotted[0]: {dotted[1]: value}} if len(dotted) == 2 else {key: value}
-            if key == "force":  # the base's flag would override the file's value
-                base = [a for a in base if a != "--force"]
         elif door == "set":
             extra = ["--set", f"{key}={render(value)}"]
         elif door == "flag" and key.startswith("method_args."):
             extra = ["--method-args", f"{dotted[1]}={render(value)}"]
         else:  # --key=value (the form argparse cannot mistake for another flag, e.g. --lr=-inf)
             extra = [f"--{key.replace('_', '-')}={render(value)}"]
-        if key == "out" and door == "yaml":  # else the later --out wins; the existing folder stays untouched
-            base = base[:base.index("--out")]
         self.started.clear()
         rc, err = self.run(base, extra, layer)
         what = f"{door} {key}={value!r}"
@@ -174,6 +178,8 @@ class _Harness:
         if rc == 0:
             assert len(self.started) == 1, f"{what}: exit 0 but no run started\n{err}"
             _assert_sane(self.started[0], what)
+            if Path(self.started[0].out).resolve() != out.resolve():  # a bad --out started elsewhere
+                assert _snapshot(out) == before, f"{what}: a run elsewhere changed the existing run folder"
             shutil.rmtree(out)
             return
         lines = [x for x in err.strip().splitlines() if x.strip()]
