@@ -76,7 +76,12 @@ CELLS = ["temperature=2/seed0", "temperature=4/seed0"]
 def straight_sweep(setup):
     root, data, teacher = setup
     out = root / "sweep-straight"
-    assert main(sweep_args(data, teacher, out)) == 0
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the children run (module fixtures come before one_thread)
+    try:
+        assert main(sweep_args(data, teacher, out)) == 0
+    finally:
+        torch.set_num_threads(n)
     return out
 
 
