@@ -2,7 +2,9 @@
 
 A write goes to a temp file beside the target (``.NAME.XXXX.tmp``) and is renamed over it with
 ``os.replace``: a reader (or a resumed run) sees the old file or the new one, never half of one. A kill
-can leave the temp file behind; run folders remove such leftovers (:func:`is_temp_of`) when a run starts.
+can leave the temp file behind; run folders remove such leftovers (:func:`is_temp_of`) when a run starts,
+and the next write of the same file removes those of dead writers on this host (their names carry
+``host-pid``), so rerunning a killed export, plot or sweep leaves nothing behind.
 
 Checkpoints, config.yaml, metrics.jsonl, run.json, reports, sweep tables, exports and figures all come
 through here, so they share one behaviour: the same mode, fsync before the rename, and the same
@@ -33,16 +35,21 @@ def fault_point(name: str) -> None:
 
     The kill-9 tests use it to land a kill at an exact moment (``step`` inside an epoch, ``write:last.pt``
     with the temp file half written, ``written:last.pt`` with it complete but not yet renamed...). Unset,
-    it costs one dict lookup; it never runs in normal use.
+    it costs one dict lookup; it never runs in normal use. ``SEMCKD_FAULT=int:NAME@N`` sends SIGINT (Ctrl-C)
+    there instead.
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     n = _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    sig_name, _, spec = spec.partition(":") if spec.startswith("int:") else ("", "", spec)
     target, _, count = spec.rpartition("@")
     if target == name and count.isdigit() and int(count) == n:
         import signal
 
+        if sig_name == "int":  # ``int:NAME@N``: Ctrl-C (SIGINT) there instead of a kill -9
+            signal.raise_signal(signal.SIGINT)
+            return
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -57,6 +64,37 @@ def is_temp_of(filename: str, name: str) -> bool:
     return filename.startswith(f".{name}.") and ".tmp" in filename[len(name) + 2:]
 
 
+def _owner() -> str:
+    """``host-pid`` of this process, as temp names carry it (dots would end the field)."""
+    return f"{os.uname().nodename.replace('.', '_')}-{os.getpid()}"
+
+
+def _remove_dead_temps(p: Path) -> None:
+    """Temp files of ``p`` whose writer was a process of this host that no longer exists (a kill -9 or a
+    power cut mid-write): the next write of the same file removes them, so rerunning a killed command
+    (export, plot, a sweep's tables) leaves nothing behind. Another live writer's temp (a second sweep
+    worker, another machine sharing the folder) is never touched."""
+    host = os.uname().nodename.replace(".", "_")
+    try:
+        entries = list(os.scandir(p.parent))
+    except OSError:
+        return
+    for e in entries:
+        if not is_temp_of(e.name, p.name):
+            continue
+        owner = e.name[len(p.name) + 2:].split(".", 1)[0]
+        h, _, pid = owner.rpartition("-")
+        if h != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path`` atomically (``os.replace``).
@@ -66,7 +104,8 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    _remove_dead_temps(p)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_owner()}.", suffix=f".tmp{p.suffix}", dir=p.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -227,15 +228,23 @@ def _coerce(name: str, tp: Any, value: Any, source: str, from_string: bool) -> A
     if tp is float:
         if isinstance(value, bool):
             raise bad
+        out: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        # YAML 1.1 reads ``5e-4`` (no dot) as a string; accept it
-        if isinstance(value, str) and (from_string or _NUMBER.fullmatch(value.strip())):
             try:
-                return float(value.strip())
+                out = float(value)
+            except OverflowError:  # an integer beyond any float
+                raise bad from None
+        # YAML 1.1 reads ``5e-4`` (no dot) as a string; accept it
+        elif isinstance(value, str) and (from_string or _NUMBER.fullmatch(value.strip())):
+            try:
+                out = float(value.strip())
             except ValueError:
                 raise bad from None
-        raise bad
+        if out is None:
+            raise bad
+        if not math.isfinite(out):  # lr=inf would train to NaN; no float key means anything non-finite
+            raise UserError(f"{source}: '{name}' expects a finite number, got {value!r}")
+        return out
     if tp is str:
         if isinstance(value, str):
             return value

@@ -56,3 +56,31 @@ def test_corrupt_file_gives_the_real_reason_not_a_cut_preamble(tmp_path):
     inner = msg[msg.index("file (") + 6:-1]
     # the unpickler's own reason, not the first words of torch's generic weights_only preamble
     assert inner == "Unsupported operand 103"
+
+
+def test_a_write_removes_temps_of_dead_writers_only(tmp_path):
+    """A kill -9 mid-write leaves ``.NAME.HOST-PID.XXXX.tmp``; the next write of NAME removes it when that
+    process is gone, and keeps a live writer's (another sweep worker) and another machine's."""
+    import subprocess
+    import sys
+
+    from semckd.atomic import _owner
+
+    host = _owner().rpartition("-")[0]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {"dead": f".t.txt.{host}-{int(dead.stdout)}.abc.tmp.txt",
+                 "live": f".t.txt.{host}-{live.pid}.abc.tmp.txt",
+                 "other_host": f".t.txt.elsewhere-{int(dead.stdout)}.abc.tmp.txt",
+                 "other_file": f".u.txt.{host}-{int(dead.stdout)}.abc.tmp.txt"}
+        for n in names.values():
+            (tmp_path / n).write_text("half")
+        write_text_atomic(tmp_path / "t.txt", "whole")
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted([names["live"], names["other_host"], names["other_file"], "t.txt"])
+        assert (tmp_path / "t.txt").read_text() == "whole"
+    finally:
+        live.kill()
+        live.wait()

@@ -122,3 +122,23 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_demo_val_split_zero_chooses_on_test_accuracy(tmp_path, fmnist, monkeypatch, capsys):
+    """``--val-split 0`` (documented as "0 = none") reaches the runs as no validation split; it used to
+    end in "'val_split' expects an integer, got None" (exit 2)."""
+    import semckd.engine
+    import semckd.evaluate
+    import semckd.plot
+
+    seen = []
+    monkeypatch.setattr(semckd.evaluate, "evaluate_checkpoint",
+                        lambda *a, **k: {"model": "resnet20", "test_acc": 90.0})
+    monkeypatch.setattr(semckd.engine, "train", lambda cfg: seen.append(cfg) or {"best_acc": 80.0})
+    monkeypatch.setattr(semckd.plot, "plot_attention", lambda *a, **k: None)
+    out = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(fmnist), "--out", str(out), "--val-split", "0", "--epochs", "1",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert [c.val_split for c in seen] == [0, 0] and [c.method for c in seen] == ["vanilla", "semckd"]
+    text = capsys.readouterr().out
+    assert "test accuracy, best epoch (1 epochs" in text and "validation" not in text

@@ -53,7 +53,7 @@ def test_the_declaration_check_catches_an_untyped_or_unbounded_option() -> None:
     ("semckd", {"temperature": 0}, "option 'temperature' expects a number > 0, got 0"),
     ("semckd", {"mode": "fast"}, "option 'mode' expects one of faithful, batch_free, got 'fast'"),
     ("semckd", {"attention": 1}, "expects one of learned, uniform, one_to_one"),
-    ("semckd", {"factor": 0}, "option 'factor' expects a whole number >= 1, got 0"),
+    ("semckd", {"factor": 0}, "option 'factor' expects a whole number >= 1 and <= 1048576, got 0"),
     ("semckd", {"beta_warmup": 1.5}, "option 'beta_warmup' expects a whole number >= 0, got 1.5"),
     ("semckd", {"torch_compile": "yes please"}, "expects true or false"),
     ("semckd", {"student_layers": [["layer1"]]}, "option 'student_layers' expects a layer name or index"),

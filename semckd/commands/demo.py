@@ -119,7 +119,7 @@ def run_demo(args: argparse.Namespace) -> int:
     common = dict(dataset="fashion_mnist", data_dir=data_dir, model=args.student, epochs=args.epochs,
                   batch_size=args.batch_size, lr=0.05, milestones=scaled_milestones(args.epochs),
                   limit_train=args.limit_train or None, seed=args.seed, amp=args.amp, device=args.device,
-                  val_split=args.val_split or None, val_seed=args.val_seed,
+                  val_split=args.val_split, val_seed=args.val_seed,
                   force=args.force, quiet=args.quiet, tensorboard=False)
     runs = {
         "vanilla": dict(common, method="vanilla", out=str(out / "vanilla")),

@@ -26,6 +26,11 @@ class ConvReg(nn.Module):
 
     def __init__(self, s_shape: torch.Size, t_shape: torch.Size, use_relu: bool = True) -> None:
         super().__init__()
+        for side, shape in (("student", s_shape), ("teacher", t_shape)):
+            if len(shape) != 4:
+                raise ValueError(f"FitNet regresses feature maps (N, C, H, W) but the {side}'s hint layer "
+                                 f"gives shape {tuple(shape)}; tap a convolutional stage "
+                                 f"({side}_layers=/hint_layer=)")
         s_c, s_h, s_w = int(s_shape[1]), int(s_shape[2]), int(s_shape[3])
         t_c, t_h, t_w = int(t_shape[1]), int(t_shape[2]), int(t_shape[3])
         target_size: tuple[int, int] | None = None  # set when the teacher map must shrink to the student's

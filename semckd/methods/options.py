@@ -73,7 +73,7 @@ class OneOf:
 
 Weight = Annotated[float, Range(ge=0)]  # a loss weight
 Positive = Annotated[float, Range(gt=0)]  # a temperature, an exponent, a scale
-Count = Annotated[int, Range(ge=1)]  # a width, a number of samples, a divisor
+Count = Annotated[int, Range(ge=1, le=2**20)]  # a width, a sample count, a divisor (10**30 overflows)
 Epochs = Annotated[int, Range(ge=0)]  # a warm-up length (0 = none)
 Index = Annotated[int, Range()]  # a stage index: any integer, negative counts from the end
 

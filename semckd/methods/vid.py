@@ -61,7 +61,7 @@ class VID(Distiller):
     paper = "Ahn et al. 2019, arXiv:1904.05835"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, ctx: BuildContext, *,
-                 beta: Weight = 1.0, init_pred_var: Annotated[float, Range(gt=1e-5)] = 5.0,
+                 beta: Weight = 1.0, init_pred_var: Annotated[float, Range(gt=1e-5, le=100)] = 5.0,
                  ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, **kw) -> None:
         super().__init__(student, teacher, ctx, ce_weight=ce_weight, kd_weight=kd_weight, **kw)
         self.beta = beta
