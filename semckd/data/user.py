@@ -439,6 +439,7 @@ def _stats(split: _Split, seed: int, transform: Any = None) -> tuple[tuple[float
         picks = sorted({i * n // min(n, 2000) for i in range(min(n, 2000))})
         probe = _StreamDataset(_as_stream(split), train=False, augment=False, transform=transform, seed=seed,
                                augmentation="none", pad=0, flip=False)
+        probe.shape = tuple(probe[picks[0]][0].shape)  # mixed shapes: one error line, not a stack error
         x = torch.stack([probe[i][0] for i in picks]).float().div_(255)
     dims = [0, 2, 3]
     mean = x.mean(dim=dims)
