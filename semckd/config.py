@@ -73,11 +73,19 @@ class TrainConfig:
     kind: str = _f("distill", "what the run trains: 'teacher' (train-teacher) or 'distill'", cli=False)
     # ---- what to train
     dataset: str = _f("cifar100", "dataset: fashion_mnist, mnist, cifar10, cifar100, imagefolder, csv (with "
-                                  "--data-dir holding train.csv/test.csv), or your own factory as "
+                                  "--data-dir holding train.csv/test.csv, or --train-csv/--test-csv), "
+                                  "hf:PATH (a Hugging Face dataset on disk), or your own factory as "
                                   "MODULE:FUNCTION")
     data_dir: str | None = _f(None, "folder holding the dataset files (default: $SEMCKD_DATA_DIR or ./data, "
                                     "then, for Fashion-MNIST, /usr/share/datasets/fashion-mnist)")
     download: bool = _f(False, "download the dataset if it is missing")
+    train_csv: str | None = _f(None, "--dataset csv: the training manifest (path,label rows; paths "
+                                     "relative to the file), in place of DATA_DIR/train.csv")
+    test_csv: str | None = _f(None, "--dataset csv: the test manifest, in place of DATA_DIR/test.csv")
+    image_column: str | None = _f(None, "hf:PATH: the image column (default: the Image feature); csv: "
+                                        "the path column")
+    label_column: str | None = _f(None, "hf:PATH: the label column (default: the ClassLabel feature); "
+                                        "csv: the label column")
     model: str = _f("", "student (or teacher, for train-teacher) architecture: a zoo name (resnet8x4), "
                         "your own factory as pkg.module:function, or a semckd.models entry point")
     teacher: str | None = _f(None, "teacher checkpoint (.pt) for distillation")
@@ -143,7 +151,8 @@ class TrainConfig:
 # keys that may differ between a run and its --resume (they do not change what is being computed,
 # or, for epochs, only extend it)
 RESUMABLE_KEYS = frozenset({
-    "data_dir", "download", "device", "workers", "out", "resume", "force", "save_every", "log_every",
+    "data_dir", "train_csv", "test_csv", "download", "device", "workers", "out", "resume", "force",
+    "save_every", "log_every",
     "quiet", "tensorboard", "epochs", "compile",
 })
 
@@ -448,6 +457,9 @@ def resolve_config(
                 raise UserError(f"{values['out']!r} holds a {base.get('kind')} run; "
                                 f"resume it with `semckd {cmd}`")
             values, explicit = layer(base)
+    if ("train_csv" in explicit or "test_csv" in explicit) and "dataset" not in explicit \
+            and not values.get("resume"):
+        values["dataset"] = "csv"  # --train-csv/--test-csv name the data
     if kind == "teacher" and "method" not in explicit:
         values["method"] = BASELINE_METHOD
     cfg = TrainConfig(kind=kind, **values)
@@ -456,7 +468,7 @@ def resolve_config(
         cfg.lr = default_lr(cfg.model)
     if not cfg.out and cfg.model:
         model = cfg.model.replace(":", "-")  # an import path pkg.mod:factory makes no odd folder name
-        data = cfg.dataset.replace(":", "-")  # as for the model: no odd folder name
+        data = re.sub(r"[^\w.+-]+", "-", cfg.dataset).strip("-")  # hf:PATH or pkg:fn: one plain folder
         cfg.out = str(Path("runs") / data / f"{model}_{cfg.method_spec.replace('+', '-')}")
     _validate(cfg)
     return cfg, explicit

@@ -82,7 +82,11 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
     arch = arch or model
     if not arch:
         raise UserError(f"checkpoint {path!r} does not name its architecture; pass --model NAME")
-    dataset = dataset or meta.get("dataset") or cfg.get("dataset")
+    saved_dataset = meta.get("dataset") or cfg.get("dataset")
+    dataset = dataset or saved_dataset
+    # the run's data options (hf columns, csv files) find its data again; another --dataset drops them
+    opts = {k: cfg.get(k) for k in ("image_column", "label_column", "train_csv", "test_csv")
+            if dataset == saved_dataset and isinstance(cfg.get(k), str)}
     if not dataset:
         raise UserError(f"checkpoint {path!r} does not name its dataset; pass --dataset NAME")
     if data_dir is None:  # the training run's folder when it is still there, else the default lookup
@@ -90,7 +94,7 @@ def evaluate_checkpoint(path: str, *, dataset: str | None = None, data_dir: str 
         data_dir = saved if isinstance(saved, str) and Path(saved).expanduser().is_dir() else None
     dev = resolve_device(device)
     splits = build_splits(dataset, data_dir, batch_size, device=dev, eval_batch_size=batch_size,
-                          augment=False, limit_train=1)
+                          augment=False, limit_train=1, **opts)
     test_loader, info = splits.test, splits.info
     ncls, cin = int(info["num_classes"]), int(info["in_channels"])
     if "num_classes" in meta and int(meta["num_classes"]) != ncls:

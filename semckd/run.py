@@ -260,7 +260,9 @@ def setup_data_loaders(cfg: TrainConfig, env: D.DistEnv, device: torch.device, p
         data_spec or cfg.dataset, cfg.data_dir, batch, device=device, download=cfg.download,
         limit_train=cfg.limit_train, eval_batch_size=eval_bs, drop_last_train=full, seed=cfg.seed,
         rank=env.rank, world_size=env.world_size, channels_last=precision.channels_last,
-        workers=cfg.workers, augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed)
+        workers=cfg.workers, augment=cfg.augment, val_split=cfg.val_split, val_seed=cfg.val_seed,
+        image_column=cfg.image_column, label_column=cfg.label_column, train_csv=cfg.train_csv,
+        test_csv=cfg.test_csv)
     num_train = int(info["num_train"])
     per_rank = -(-num_train // env.world_size)  # shards are padded to equal size
     if full and per_rank < batch:

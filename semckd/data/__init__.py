@@ -76,7 +76,9 @@ def build_splits(dataset: str | DatasetSpec, data_dir: str | None, batch_size: i
                  drop_last_train: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                  channels_last: bool = False, workers: int = 2, augment: bool = True, pad: int | None = None,
                  flip: bool | None = None, image_size: int | None = None, resize: int | None = None,
-                 val_split: int = 0, val_seed: int = 0) -> DataSplits:
+                 val_split: int = 0, val_seed: int = 0, image_column: str | None = None,
+                 label_column: str | None = None, train_csv: str | None = None,
+                 test_csv: str | None = None) -> DataSplits:
     """Build the train / validation / test loaders for the engine.
 
     ``dataset`` is a registered name (:func:`list_datasets`), ``MODULE:FUNCTION`` (a user's factory),
@@ -96,6 +98,8 @@ def build_splits(dataset: str | DatasetSpec, data_dir: str | None, batch_size: i
     their listing is sorted by class). ``pad``/``flip`` override the dataset's crop padding and flip defaults;
     ``image_size``/``resize`` the image-folder crop (224) and eval resize (256). ``info``: name,
     num_classes, in_channels, image_size, num_train, num_test, mean, std, classes, pad, flip.
+    ``image_column``/``label_column`` (``hf:PATH``, ``csv``) and ``train_csv``/``test_csv`` (``csv``) are
+    read only by the specs that list them in ``options``; given to another they are one error line.
     """
     spec = dataset if isinstance(dataset, DatasetSpec) else get_spec(dataset)
     if batch_size < 1:
@@ -112,12 +116,18 @@ def build_splits(dataset: str | DatasetSpec, data_dir: str | None, batch_size: i
         raise UserError(f"invalid DDP rank {rank} for world size {world_size}")
     if pad is not None and int(pad) < 0:
         raise UserError(f"crop padding must be >= 0, got {pad}")
+    opts = dict(image_column=image_column, label_column=label_column, train_csv=train_csv, test_csv=test_csv)
+    for k, v in opts.items():
+        if v is not None and k not in spec.options:
+            raise UserError(f"--{k.replace('_', '-')} does not apply to dataset {spec.name!r}; only "
+                            "hf:PATH and csv read --image-column/--label-column, only csv "
+                            "--train-csv/--test-csv")
     req = DataRequest(data_dir=data_dir, batch_size=batch_size, eval_batch_size=eval_bs,
                       device=torch.device(device), download=download, limit_train=limit_train,
                       limit_test=limit_test, drop_last_train=drop_last_train, seed=seed, rank=rank,
                       world_size=world_size, channels_last=channels_last, workers=workers, augment=augment,
                       pad=pad, flip=flip, image_size=image_size, resize=resize, val_split=val_split,
-                      val_seed=val_seed)
+                      val_seed=val_seed, **opts)
     return spec.build(req)
 
 

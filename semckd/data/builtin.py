@@ -120,6 +120,7 @@ def _limit(ds: object, n: int) -> None:
 
 
 @register_dataset("csv", augmentation="crop_flip", aliases=("manifest",),
+                  options=("image_column", "label_column", "train_csv", "test_csv"),
                   description="DIR/train.csv and DIR/test.csv (optional DIR/val.csv) of path,label rows")
 def _csv(spec: DatasetSpec, req: DataRequest) -> DataSplits:
     from .user import csv_splits

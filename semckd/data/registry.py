@@ -6,7 +6,8 @@ built-in ones (:mod:`semckd.data.builtin`) and a user's, is a spec whose ``build
 augmentation) are what eval and export fall back on for checkpoints that do not record them.
 
 Names are looked up case-insensitively with ``-`` read as ``_``. Besides registered names,
-:func:`get_spec` resolves ``MODULE:FUNCTION`` (a user's factory, :mod:`semckd.data.user`) and
+:func:`get_spec` resolves ``hf:PATH`` (a Hugging Face dataset on disk, :mod:`semckd.data.hf`),
+``MODULE:FUNCTION`` (a user's factory, :mod:`semckd.data.user`) and
 ``csv`` (a ``path,label`` manifest).
 """
 
@@ -61,6 +62,15 @@ class DataRequest:
     resize: int | None = None
     val_split: int = 0
     val_seed: int = 0
+    image_column: str | None = None
+    label_column: str | None = None
+    train_csv: str | None = None
+    test_csv: str | None = None
+
+
+# the request fields only some specs read: a spec lists the ones it reads in ``options``, and
+# build_splits refuses the others in one line rather than ignoring them
+OPTION_FIELDS = ("image_column", "label_column", "train_csv", "test_csv")
 
 
 Builder = Callable[["DatasetSpec", DataRequest], DataSplits]
@@ -87,6 +97,7 @@ class DatasetSpec:
     flip: bool = True
     aliases: tuple[str, ...] = ()
     description: str = ""
+    options: tuple[str, ...] = ()  # which of OPTION_FIELDS the builder reads
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,8 +173,11 @@ def canonical_name(dataset: str) -> str:
 
 
 def get_spec(dataset: str) -> DatasetSpec:
-    """The spec ``dataset`` names: a registered name, ``MODULE:FUNCTION`` or ``csv``."""
+    """The spec ``dataset`` names: a registered name, ``hf:PATH``, ``MODULE:FUNCTION`` or ``csv``."""
     _load_builtins()
+    if dataset.strip().lower().startswith("hf:"):  # checked first: ``hf:`` is never a module name
+        from .hf import hf_spec
+        return hf_spec(dataset.strip())
     if ":" in dataset:
         from .user import factory_spec
         return factory_spec(dataset)

@@ -220,7 +220,7 @@ class _StreamDataset(torch.utils.data.Dataset):
         self.targets = split.targets.tolist()
         self.train, self.augment, self.transform, self.seed = train, augment, transform, seed
         self.augmentation, self.pad, self.flip = augmentation, pad, flip
-        self.shape: tuple[int, ...] | None = None
+        self.shape: tuple[int, ...] | None = None  # set by the builder: every item must have it
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -251,6 +251,13 @@ class _StreamDataset(torch.utils.data.Dataset):
             random.setstate(py_state)
             np.random.set_state(np_state)
             torch.set_rng_state(t_state)
+        if self.shape is not None and tuple(out.shape) != self.shape:  # else a collate traceback
+            a, b = "×".join(map(str, self.shape)), "×".join(map(str, out.shape))
+            fix = ("the transform returned them; make it end in one size (e.g. a Resize + CenterCrop)"
+                   if self.transform is not None else "pass transform= that resizes them to one size (or "
+                   "resize the files)")
+            raise UserError(f"images of mixed sizes or channel counts (C×H×W {a} expected, {b} at item "
+                            f"{self.indices[index]}); {fix}")
         return out, self.targets[index], index
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -393,7 +400,7 @@ def _build_user(spec: DatasetSpec, req: DataRequest) -> DataSplits:
                              xva=va.images if va is not None else None,
                              yva=va.targets if va is not None else None)
     return _stream_splits(spec, req, tr, te, va, ud, classes=classes, ncls=ncls, mean=mean, std=std, pad=pad,
-                          flip=flip, aug=aug, cin=cin, size=size)
+                          flip=flip, aug=aug, cin=cin, size=size, shape=tuple(sample.shape))
 
 
 def _check_labels(tr: _Split, te: _Split, va: _Split | None, ud: UserData) -> int:
@@ -432,6 +439,7 @@ def _stats(split: _Split, seed: int, transform: Any = None) -> tuple[tuple[float
         picks = sorted({i * n // min(n, 2000) for i in range(min(n, 2000))})
         probe = _StreamDataset(_as_stream(split), train=False, augment=False, transform=transform, seed=seed,
                                augmentation="none", pad=0, flip=False)
+        probe.shape = tuple(probe[picks[0]][0].shape)  # mixed shapes: one error line, not a stack error
         x = torch.stack([probe[i][0] for i in picks]).float().div_(255)
     dims = [0, 2, 3]
     mean = x.mean(dim=dims)
@@ -441,7 +449,8 @@ def _stats(split: _Split, seed: int, transform: Any = None) -> tuple[tuple[float
 
 def _stream_splits(spec: DatasetSpec, req: DataRequest, tr: _Split, te: _Split, va: _Split | None,
                    ud: UserData, *, classes: list[str], ncls: int, mean: Sequence[float],
-                   std: Sequence[float], pad: int, flip: bool, aug: str, cin: int, size: int) -> DataSplits:
+                   std: Sequence[float], pad: int, flip: bool, aug: str, cin: int, size: int,
+                   shape: tuple[int, ...]) -> DataSplits:
     from .imagefolder import ImageFolderLoader
 
     common = dict(mean=mean, std=std, rank=req.rank, world_size=req.world_size,
@@ -459,13 +468,20 @@ def _stream_splits(spec: DatasetSpec, req: DataRequest, tr: _Split, te: _Split, 
     kw = dict(augmentation=aug, pad=pad, flip=flip, seed=req.seed)
     ev = ud.eval_transform or ud.transform
     train_ds = _StreamDataset(tr, train=True, augment=req.augment, transform=ud.transform, **kw)
+    test_ds = _StreamDataset(te, train=False, augment=False, transform=ev, **kw)
+    val_ds = _StreamDataset(va, train=False, augment=False, transform=ev, **kw) if va is not None else None
+    # one shape per batch or a collate traceback: the probed (eval) item's, for the training items too
+    # unless the user's training transform differs from the eval one (it may crop to another size)
+    for d in (train_ds if ud.transform is ev else None, test_ds, val_ds):
+        if d is not None:
+            d.shape = shape
     train = ImageFolderLoader(train_ds, batch_size=req.batch_size, shuffle=True,
                               drop_last=req.drop_last_train, even_shards=True, **common)
-    test = ImageFolderLoader(_StreamDataset(te, train=False, augment=False, transform=ev, **kw),
-                             batch_size=req.eval_batch_size, shuffle=False, even_shards=False, **common)
+    test = ImageFolderLoader(test_ds, batch_size=req.eval_batch_size, shuffle=False, even_shards=False,
+                             **common)
     val = None
-    if va is not None:
-        val = ImageFolderLoader(_StreamDataset(va, train=False, augment=False, transform=ev, **kw),
+    if val_ds is not None:
+        val = ImageFolderLoader(val_ds,
                                 batch_size=req.eval_batch_size, shuffle=False, even_shards=False, **common)
     info = dict(name=spec.name, num_classes=ncls, in_channels=cin, image_size=size, num_train=len(tr.targets),
                 num_test=len(te.targets), num_val=num_val, mean=list(mean), std=list(std), classes=classes,
@@ -586,7 +602,10 @@ class _FileDataset:
         return img, self.targets[i]
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[str]]:
+def _read_csv(path: Path, path_col: str | None = None, label_col: str | None = None
+              ) -> tuple[list[str], list[str]]:
+    """Rows of a manifest; ``path_col``/``label_col`` (``--image-column``/``--label-column``) name header
+    columns, else a header is recognised by the usual names, else the rows are path,label."""
     try:
         rows = [r for r in csv.reader(path.read_text(encoding="utf-8-sig").splitlines()) if r and any(r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -594,15 +613,21 @@ def _read_csv(path: Path) -> tuple[list[str], list[str]]:
     if not rows:
         raise UserError(f"{path} is empty; write one path,label row per image")
     head = [c.strip().lower() for c in rows[0]]
-    if any(c in _PATH_COLS for c in head) or any(c in _LABEL_COLS for c in head):
-        pcol = next((head.index(c) for c in _PATH_COLS if c in head), None)
-        lcol = next((head.index(c) for c in _LABEL_COLS if c in head), None)
+    for given, flag in ((path_col, "--image-column"), (label_col, "--label-column")):
+        if given is not None and given.strip().lower() not in head:
+            raise UserError(f"{path}: no column {given!r} in the header ({', '.join(rows[0])}); pass {flag} "
+                            "one of them")
+    if path_col or label_col or any(c in _PATH_COLS for c in head) or any(c in _LABEL_COLS for c in head):
+        pcol = head.index(path_col.strip().lower()) if path_col else \
+            next((head.index(c) for c in _PATH_COLS if c in head), None)
+        lcol = head.index(label_col.strip().lower()) if label_col else \
+            next((head.index(c) for c in _LABEL_COLS if c in head), None)
         if pcol is None or lcol is None:
             missing = "path" if pcol is None else "label"
             names = _PATH_COLS if pcol is None else _LABEL_COLS
+            flag = "--image-column" if pcol is None else "--label-column"
             raise UserError(f"{path}: no {missing} column in the header ({', '.join(rows[0])}); name it "
-                            f"one of "
-                            f"{', '.join(names)}")
+                            f"one of {', '.join(names)} or pass {flag} NAME")
         rows = rows[1:]
     else:
         pcol, lcol = 0, 1
@@ -618,18 +643,28 @@ def _read_csv(path: Path) -> tuple[list[str], list[str]]:
 
 
 def csv_splits(spec: DatasetSpec, req: DataRequest) -> DataSplits:
-    """``--dataset csv --data-dir DIR``: DIR/train.csv, DIR/test.csv, optional DIR/val.csv."""
-    if req.data_dir is None:
-        raise UserError("--dataset csv needs --data-dir DIR holding train.csv and test.csv (path,label rows)")
-    root = Path(req.data_dir).expanduser()
-    if not root.is_dir():
-        raise UserError(f"--data-dir {str(root)!r} is not a folder; pass the folder holding train.csv "
-                        f"and test.csv")
-    files = {s: root / f"{s}.csv" for s in ("train", "test", "val")}
+    """``--dataset csv --data-dir DIR``: DIR/train.csv, DIR/test.csv, optional DIR/val.csv; ``--train-csv``/
+    ``--test-csv`` name either file instead (paths in each file are relative to that file's folder)."""
+    given = {"train": req.train_csv, "test": req.test_csv}
+    if req.data_dir is None and not (req.train_csv and req.test_csv):
+        raise UserError("--dataset csv needs --data-dir DIR holding train.csv and test.csv, or --train-csv "
+                        "FILE and --test-csv FILE (path,label rows)")
+    files: dict[str, Path] = {}
+    if req.data_dir is not None and not (req.train_csv and req.test_csv):
+        root = Path(req.data_dir).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data-dir {str(root)!r} is not a folder; pass the folder holding train.csv "
+                            f"and test.csv")
+        files = {s: root / f"{s}.csv" for s in ("train", "test", "val")}
     for s in ("train", "test"):
-        if not files[s].is_file():
-            raise UserError(f"{files[s]} does not exist; --dataset csv reads DIR/train.csv and DIR/test.csv")
-    raw = {s: _read_csv(p) for s, p in files.items() if p.is_file()}
+        if given[s]:
+            files[s] = Path(str(given[s])).expanduser()
+            if not files[s].is_file():
+                raise UserError(f"--{s}-csv {str(files[s])!r} does not exist; pass the {s} manifest's path")
+        elif not files[s].is_file():
+            raise UserError(f"{files[s]} does not exist; --dataset csv reads DIR/train.csv and DIR/test.csv "
+                            f"(or pass --{s}-csv FILE)")
+    raw = {s: _read_csv(p, req.image_column, req.label_column) for s, p in files.items() if p.is_file()}
     all_labels = [lab for _, labs in raw.values() for lab in labs]
     numeric = all(lab.lstrip("-").isdigit() for lab in all_labels)
     if numeric:
