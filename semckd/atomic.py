@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = ["FAULT_ENV", "atomic_copy", "atomic_path", "atomic_write", "fault_point", "is_temp_of",
-           "write_text_atomic"]
+           "temp_owner", "write_text_atomic"]
 
 FAULT_ENV = "SEMCKD_FAULT"
 _fault_counts: dict[str, int] = {}
@@ -64,7 +64,7 @@ def is_temp_of(filename: str, name: str) -> bool:
     return filename.startswith(f".{name}.") and ".tmp" in filename[len(name) + 2:]
 
 
-def _owner() -> str:
+def temp_owner() -> str:
     """``host-pid`` of this process, as temp names carry it (dots would end the field)."""
     return f"{os.uname().nodename.replace('.', '_')}-{os.getpid()}"
 
@@ -105,7 +105,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temps(p)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_owner()}.", suffix=f".tmp{p.suffix}", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{temp_owner()}.", suffix=f".tmp{p.suffix}", dir=p.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -64,9 +64,9 @@ def test_a_write_removes_temps_of_dead_writers_only(tmp_path):
     import subprocess
     import sys
 
-    from semckd.atomic import _owner
+    from semckd.atomic import temp_owner
 
-    host = _owner().rpartition("-")[0]
+    host = temp_owner().rpartition("-")[0]
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
