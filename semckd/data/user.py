@@ -25,11 +25,9 @@ Items are ``(image, label)``: image a PIL image, a uint8 tensor/array (CHW, HWC 
 from __future__ import annotations
 
 import csv
-import importlib
 import inspect
 import os
 import random
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..importpath import import_callable
 from .assemble import memory_splits
 from .loader import crop_flip, derive_seed, resized_crop_flip
 from .registry import DataRequest, DatasetSpec, DataSplits
@@ -504,39 +503,8 @@ class _TensorItems:
 
 # ---------------------------------------------------------------------- MODULE:FUNCTION
 def _import(spec: str) -> Callable[..., Any]:
-    mod_name, _, attr = spec.partition(":")
-    mod_name, attr = mod_name.strip(), attr.strip()
-    if not mod_name or not attr:
-        raise UserError(f"dataset {spec!r}: expected MODULE:FUNCTION, e.g. mydata:load")
-    try:
-        try:
-            obj: Any = importlib.import_module(mod_name)
-        except ModuleNotFoundError as e:
-            cwd = os.getcwd()  # the `semckd` executable does not see the current folder: look there too
-            if e.name != mod_name.split(".")[0] or "" in sys.path or cwd in sys.path:
-                raise
-            sys.path.append(cwd)
-            obj = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
-            raise UserError(f"dataset {spec!r}: no module named {e.name!r}; run from the folder that "
-                            f"holds it "
-                            "or add that folder to PYTHONPATH") from e
-        raise UserError(f"dataset {spec!r}: importing {mod_name!r} failed: {e}") from e
-    except Exception as e:  # noqa: BLE001 - the user's module may raise anything at import time
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise UserError(f"dataset {spec!r}: importing {mod_name!r} failed ({type(e).__name__}: {first}); "
-                        "SEMCKD_DEBUG=1 shows the traceback") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = sorted(k for k, v in vars(obj).items() if callable(v) and not k.startswith("_"))
-            raise UserError(f"dataset {spec!r}: {mod_name!r} has no attribute {attr!r}; "
-                            f"it defines: {', '.join(names[:12]) or 'nothing callable'}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise UserError(f"dataset {spec!r}: {attr!r} is a {type(obj).__name__}, not a function returning the "
-                        "datasets")
-    return obj
+    return import_callable(spec, what="dataset", form="MODULE:FUNCTION", example="mydata:load",
+                           not_callable="a function returning the datasets")
 
 
 def factory_spec(name: str) -> DatasetSpec:

@@ -19,16 +19,14 @@ and ``in_channels`` when it accepts it) and may return any ``nn.Module``; models
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from importlib import metadata
 
 from torch import nn
 
 from ..errors import UserError
+from ..importpath import import_callable
 
 ENTRY_POINT_GROUP = "semckd.models"
 
@@ -65,39 +63,9 @@ def is_import_path(name: str) -> bool:
 
 
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
-    mod_name, _, attr = spec.partition(":")
-    mod_name, attr = mod_name.strip(), attr.strip()
-    if not mod_name or not attr:
-        raise UserError(f"model {spec!r}: expected MODULE:FACTORY, e.g. mypkg.nets:build_student")
-    try:
-        try:
-            obj = importlib.import_module(mod_name)
-        except ModuleNotFoundError as e:
-            # the `semckd` executable, unlike `python -m`, does not see the current folder: look there too
-            cwd = os.getcwd()
-            if e.name != mod_name.split(".")[0] or "" in sys.path or cwd in sys.path:
-                raise
-            sys.path.append(cwd)
-            obj = importlib.import_module(mod_name)
-    except ModuleNotFoundError as e:
-        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
-            raise UserError(f"model {spec!r}: no module named {e.name!r}; run from the folder that holds it "
-                            "or add that folder to PYTHONPATH") from e
-        raise UserError(f"model {spec!r}: importing {mod_name!r} failed: {e}") from e
-    except Exception as e:  # noqa: BLE001 - the user's module may raise anything at import time
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise UserError(f"model {spec!r}: importing {mod_name!r} failed ({type(e).__name__}: {first}); "
-                        "SEMCKD_DEBUG=1 shows the traceback") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = sorted(k for k, v in vars(obj).items() if callable(v) and not k.startswith("_"))
-            raise UserError(f"model {spec!r}: {mod_name!r} has no attribute {attr!r}; "
-                            f"it defines: {', '.join(names[:12]) or 'nothing callable'}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise UserError(f"model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable that builds a "
-                        "model; point at a function or an nn.Module class")
-    return obj
+    return import_callable(spec, what="model", form="MODULE:FACTORY", example="mypkg.nets:build_student",
+                           not_callable="a callable that builds a model; point at a function or an "
+                                        "nn.Module class")
 
 
 def resolve_model(name: str) -> Callable[..., nn.Module]:
