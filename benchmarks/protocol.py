@@ -9,6 +9,7 @@ split, then 3 seeds at the chosen value; one command per table, from the checkou
     python -m benchmarks protocol --table attention_large  # the same at the large budget
     python -m benchmarks protocol --table cross_wrn_40_2_mobilenetv2   # the paper's cross-architecture pairs
     python -m benchmarks protocol --table cross_vgg13_mobilenetv2
+    python -m benchmarks protocol --table cross_wrn_40_2_shufflenetv1
     python -m benchmarks protocol --table short --report   # only print the table from what is recorded
 
 ``python3 benchmarks/protocol.py ...`` (the form older notes and running measurements use) is the same
@@ -150,6 +151,9 @@ TABLES["attention_large"] = {"limit_train": 10000, "epochs": 12, "rows": ABLATIO
                              "fixed": {"semckd": {"beta": 25.0}}, "paired_to": "semckd learned (paper)"}
 TABLES["cross_wrn_40_2_mobilenetv2"] = _cross("wrn_40_2", "mobilenetv2")
 TABLES["cross_vgg13_mobilenetv2"] = _cross("vgg13", "mobilenetv2")
+# the paper's WRN-40-2 -> ShuffleNetV1 pair: its SemCKD rows cost ~1.5x the MobileNetV2 pair's on a CPU,
+# where VGG-13's 16 projector pairs cost ~16x FitNet (BENCHMARKS.md)
+TABLES["cross_wrn_40_2_shufflenetv1"] = _cross("wrn_40_2", "shufflenetv1")
 
 # grid keys that are run settings, not method options
 RUN_KEYS = ("amp",)
