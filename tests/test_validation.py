@@ -321,6 +321,11 @@ def test_protocol_row_tables_tune_on_validation_and_pair_ablations():
     assert ccfg.teacher.endswith("fashion_mnist_wrn_40_2.pt")
     grids = [protocol.row_points(r)[0] for r in cross["rows"]]
     assert all(len(g) == 3 for g in grids[1:])  # the same budget for every tuned row
+    shuffle = protocol.TABLES["cross_wrn_40_2_shufflenetv1"]
+    scfg = protocol.cell_config(shuffle, "semckd", {"attention": "uniform", "beta": 100.0}, 1, Path("/x"))
+    assert scfg.model == "shufflenetv1" and scfg.lr == 0.01 and scfg.seed == 1
+    assert scfg.teacher.endswith("fashion_mnist_wrn_40_2.pt")
+    assert [r[0] for r in shuffle["rows"]] == [r[0] for r in cross["rows"]]  # the same rows as the first pair
 
 
 def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, monkeypatch):
