@@ -25,7 +25,11 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+# Ctrl-C raises KeyboardInterrupt as in a terminal, even where the runner started us with SIGINT ignored
+# (a background job, nohup), which a child would otherwise inherit
 _CHILD = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import sys, torch
 torch.set_num_threads(1)
 from engine_helpers import register_tiny
