@@ -28,10 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import TrainConfig, _parse_scalar, check_method
 from .errors import UserError
+
+if TYPE_CHECKING:  # optuna is imported only when a sweep runs
+    from .study import CellStudy
 
 __all__ = ["SweepResult", "cell_label", "grid_points", "parse_grid", "parse_ranges", "plan_cell", "run_sweep",
            "select_value", "summarise"]
@@ -376,35 +379,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]] | None, seeds: Seque
     ``base`` must have a validation split: selection uses validation accuracy only. ``train_fn``
     (default :func:`semckd.engine.train`, called with ``on_epoch=``) is injectable for tests.
     """
-    if base.kind != "distill":
-        raise UserError("semckd sweep runs a distillation method; use it with --method (not train-teacher)")
-    if base.val_split <= 0:
-        raise UserError("semckd sweep selects on a validation split; pass --val-split N (e.g. 1000) so the "
-                        "test set never drives the choice")
-    if not seeds:
-        raise UserError("--seeds is empty; pass e.g. --seeds 0,1,2")
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds repeats a seed ({', '.join(map(str, seeds))})")
-    if search not in ("grid", "tpe"):
-        raise UserError(f"--search {search!r}: choose grid or tpe")
-    if search == "grid" and not grid:
-        raise UserError("semckd sweep needs at least one --grid KEY=V1,V2,... (or --search tpe --range ...)")
-    if search == "tpe":
-        if grid:
-            raise UserError("--search tpe samples --range options; drop --grid (or use --search grid)")
-        if not ranges:
-            raise UserError("--search tpe needs at least one --range KEY=LOW:HIGH[:log]")
-        if not trials or trials < 1:
-            raise UserError("--search tpe needs --trials N (N >= 1), e.g. --trials 12")
-        if prune and len(seeds) > 1:
-            raise UserError("--prune with --search tpe compares single runs; pass one seed (--seeds 0) or "
-                            "drop --prune")
-    elif ranges or trials:
-        raise UserError("--range/--trials go with --search tpe; add --search tpe or use --grid")
-    min_epochs = prune_min_epochs if prune_min_epochs is not None else max(1, base.epochs // 4)
-    if prune and not 1 <= min_epochs < base.epochs:
-        raise UserError(f"--prune-min-epochs {min_epochs}: must be at least 1 and below --epochs "
-                        f"{base.epochs} (the epochs every cell keeps before it can be stopped)")
+    min_epochs = _check_sweep_args(base, grid, seeds, search, ranges, trials, prune, prune_min_epochs)
     if train_fn is None:
         from .engine import train as train_fn
     from .study import CellStudy, open_storage
@@ -437,31 +412,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]] | None, seeds: Seque
                                    out=str(run_dir), resume=False, force=False)
 
     if search == "grid":
-        cells = [(values, seed) for seed in seeds for values in points]  # seed-major: the pruner compares
-        total = len(cells)                                                # values before seeds repeat
-
-        def key_of(values: dict[str, Any], seed: int) -> str:
-            return f"{cell_label(values)}/seed{seed}"
-
-        while True:
-            waiting = False
-            for i, (values, seed) in enumerate(cells, 1):
-                key = key_of(values, seed)
-                held = cs.claim(key, attrs={"values": values, "seed": seed})
-                if held is None:
-                    waiting |= cs.state_of(key)[0] != "done"
-                    continue
-                run_dir = out / cell_label(values) / f"seed{seed}"
-                rec = _train_cell(held, cfg_at(values, seed, run_dir), run_dir, values, seed, train_fn, log,
-                                  f"[{i}/{total}] {cell_label(values)} seed {seed}")
-                if rec is not None:  # a diverged cell is done too (value 0: never the study's best)
-                    held.finish(rec["best_val_acc"] if rec["best_val_acc"] is not None else 0.0,
-                                pruned=rec["pruned_at"] is not None, record=rec)
-                _write_outputs(_result(cs, points, out, None), grid, seeds, out)
-            if not waiting:
-                break
-            cs.wait_note("cells", poll_s)
-        result = _result(cs, points, out, [key_of(v, s) for v, s in cells])
+        result = _run_grid(cs, grid or {}, points, seeds, out, cfg_at, train_fn, log, poll_s)
         keys: dict[str, Any] = grid
     else:
         result = _tpe(cs, base, ranges or {}, trials or 0, seeds, out, cfg_at, train_fn, log, poll_s)
@@ -469,6 +420,76 @@ def run_sweep(base: TrainConfig, grid: dict[str, list[Any]] | None, seeds: Seque
     _write_outputs(result, keys, seeds, out)
     plot_sweep(result, keys, out / "sweep.png")
     return result
+
+
+def _check_sweep_args(base: TrainConfig, grid: dict[str, list[Any]] | None, seeds: Sequence[int],
+                      search: str, ranges: dict[str, tuple[float, float, bool]] | None, trials: int | None,
+                      prune: str | None, prune_min_epochs: int | None) -> int:
+    """Refuse a sweep that cannot select fairly or whose flags contradict, before any study exists;
+    return the epochs every cell keeps before the pruner may stop it."""
+    if base.kind != "distill":
+        raise UserError("semckd sweep runs a distillation method; use it with --method (not train-teacher)")
+    if base.val_split <= 0:
+        raise UserError("semckd sweep selects on a validation split; pass --val-split N (e.g. 1000) so the "
+                        "test set never drives the choice")
+    if not seeds:
+        raise UserError("--seeds is empty; pass e.g. --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds repeats a seed ({', '.join(map(str, seeds))})")
+    if search not in ("grid", "tpe"):
+        raise UserError(f"--search {search!r}: choose grid or tpe")
+    if search == "grid" and not grid:
+        raise UserError("semckd sweep needs at least one --grid KEY=V1,V2,... (or --search tpe --range ...)")
+    if search == "tpe":
+        if grid:
+            raise UserError("--search tpe samples --range options; drop --grid (or use --search grid)")
+        if not ranges:
+            raise UserError("--search tpe needs at least one --range KEY=LOW:HIGH[:log]")
+        if not trials or trials < 1:
+            raise UserError("--search tpe needs --trials N (N >= 1), e.g. --trials 12")
+        if prune and len(seeds) > 1:
+            raise UserError("--prune with --search tpe compares single runs; pass one seed (--seeds 0) or "
+                            "drop --prune")
+    elif ranges or trials:
+        raise UserError("--range/--trials go with --search tpe; add --search tpe or use --grid")
+    min_epochs = prune_min_epochs if prune_min_epochs is not None else max(1, base.epochs // 4)
+    if prune and not 1 <= min_epochs < base.epochs:
+        raise UserError(f"--prune-min-epochs {min_epochs}: must be at least 1 and below --epochs "
+                        f"{base.epochs} (the epochs every cell keeps before it can be stopped)")
+    return min_epochs
+
+
+def _run_grid(cs: CellStudy, grid: dict[str, list[Any]], points: list[dict[str, Any]], seeds: Sequence[int],
+              out: Path, cfg_at: Callable[[dict[str, Any], int, Path], TrainConfig],
+              train_fn: Callable[..., dict[str, Any]], log: Callable[[str], None],
+              poll_s: float) -> SweepResult:
+    """Claim and train every free cell, seed-major (the pruner compares values before seeds repeat);
+    then wait for cells other workers hold until the study is complete."""
+    cells = [(values, seed) for seed in seeds for values in points]  # seed-major: the pruner compares
+    total = len(cells)                                                # values before seeds repeat
+
+    def key_of(values: dict[str, Any], seed: int) -> str:
+        return f"{cell_label(values)}/seed{seed}"
+
+    while True:
+        waiting = False
+        for i, (values, seed) in enumerate(cells, 1):
+            key = key_of(values, seed)
+            held = cs.claim(key, attrs={"values": values, "seed": seed})
+            if held is None:
+                waiting |= cs.state_of(key)[0] != "done"
+                continue
+            run_dir = out / cell_label(values) / f"seed{seed}"
+            rec = _train_cell(held, cfg_at(values, seed, run_dir), run_dir, values, seed, train_fn, log,
+                              f"[{i}/{total}] {cell_label(values)} seed {seed}")
+            if rec is not None:  # a diverged cell is done too (value 0: never the study's best)
+                held.finish(rec["best_val_acc"] if rec["best_val_acc"] is not None else 0.0,
+                            pruned=rec["pruned_at"] is not None, record=rec)
+            _write_outputs(_result(cs, points, out, None), grid, seeds, out)
+        if not waiting:
+            break
+        cs.wait_note("cells", poll_s)
+    return _result(cs, points, out, [key_of(v, s) for v, s in cells])
 
 
 def _redacted(url: str) -> str:
