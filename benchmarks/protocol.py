@@ -12,9 +12,8 @@ split, then 3 seeds at the chosen value; one command per table, from the checkou
     python -m benchmarks protocol --table cross_wrn_40_2_shufflenetv1
     python -m benchmarks protocol --table short --report   # only print the table from what is recorded
 
-``python3 benchmarks/protocol.py ...`` (the form older notes and running measurements use) is the same
-job: this file imports only the library, so it runs as a plain script too, and refuses in one line when
-the ``semckd`` it would import is not this checkout's.
+``python3 benchmarks/protocol.py`` (the spelling of older notes) is not an entry: it says in one line to
+use ``python -m benchmarks protocol``, whose guard checks that ``semckd`` is this checkout's.
 
 Protocol (the same for every method, so no method gets more tuning than another):
 
@@ -65,7 +64,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import semckd
 from semckd.atomic import write_text_atomic
 from semckd.config import resolve_config, scaled_milestones
 from semckd.runfolder import read_jsonl
@@ -584,16 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python3 benchmarks/protocol.py: the path form of `python -m benchmarks protocol`
-    lib = Path(semckd.__file__).resolve().parent.parent
-    if lib != ROOT:  # the records name this checkout's commit: never measure another checkout's code
-        print(f"protocol: error: this checkout is {ROOT} but `import semckd` finds {lib}; run "
-              f"`python -m benchmarks protocol ...` from {ROOT} (or set PYTHONPATH={ROOT})", file=sys.stderr)
-        sys.exit(2)
-    from semckd.errors import UserError
-
-    try:
-        sys.exit(main())
-    except UserError as e:  # a bad --storage, a study of another budget: one line, exit 2
-        print(f"protocol: error: {e}", file=sys.stderr)
-        sys.exit(2)
+if __name__ == "__main__":  # one entry per job (benchmarks/__main__.py): the file path only points there
+    cmd = " ".join(["python -m benchmarks protocol", *sys.argv[1:]])
+    print(f"protocol: error: run `{cmd}` from the checkout root {ROOT}", file=sys.stderr)
+    sys.exit(2)

@@ -8,7 +8,7 @@ accuracies are printed with the run folders and the learned layer-attention heat
 
 The default budget (6 epochs on the first 3000 of the 60000 training images) keeps the demo to a few
 minutes on 2 CPU cores and is a data-poor regime, where a teacher trained on all the data has the most
-to give. Its settings are the ones the equal-budget protocol (``benchmarks/protocol.py --table short``)
+to give. Its settings are the ones the equal-budget protocol (``python -m benchmarks protocol --table short``)
 chose for this budget on a validation split: β=100 (the paper's CIFAR-100 β=400 is far worse here:
 58.7% on seed 0, below vanilla), and 1000 training images held out (stratified, ``--val-seed 0``) so
 the best epoch is chosen on validation accuracy, never on the test set. Its gain over vanilla holds on
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default: 64, the paper's)")
     p.add_argument("--beta", type=float, default=100.0,
                    help="SemCKD loss weight (default: 100, chosen on validation for this budget by "
-                        "benchmarks/protocol.py; the paper's CIFAR-100 value is 400)")
+                        "`python -m benchmarks protocol`; the paper's CIFAR-100 value is 400)")
     p.add_argument("--val-split", type=int, default=1000,
                    help="training images held out to choose the best epoch (default: 1000; 0 = none, "
                         "then the best epoch is chosen on test accuracy)")
