@@ -26,6 +26,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "prune_study": ("benchmarks.prune_study", "what sweep --prune saves on the protocol's grids, same pick?"),
     "accuracy_table": ("benchmarks.accuracy_table", "the Fashion-MNIST accuracy table through the CLI"),
     "make_recipes": ("benchmarks.make_recipes", "write configs/{cifar100,imagenet}/** and docs/recipes.md"),
+    "bitcheck": ("benchmarks.bitcheck", "do two commits train bit for bit alike (demo, fp32, bf16, kill -9)"),
     "gpu_check": ("benchmarks.gpu_check", "the prepared under-8-minute GPU check"),
 }
 

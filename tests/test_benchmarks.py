@@ -4,6 +4,7 @@ without any ``sys.path`` edit, the bench's own precision names, and nothing of i
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -108,3 +109,50 @@ def test_bench_precision_names_map_onto_the_librarys_precision(monkeypatch):
         precision_of("fp8", cpu)
     for gone in ("BENCH_ALIASES", "from_alias", "alias"):  # the library keeps only amp + channels_last
         assert not hasattr(precision, gone) and not hasattr(Precision, gone)
+
+
+def _fake_run(folder: Path, weight: float, epochs: int = 2, speed: float = 100.0) -> Path:
+    folder.mkdir(parents=True)
+    state = {"student": {"conv.weight": torch.full((2, 3), weight)}, "extras": {"proj.0": torch.ones(4)}}
+    for ck in ("last.pt", "best.pt"):
+        torch.save(state, folder / ck)
+    rows = [{"epoch": e, "test_acc": 50.0 + e, "images_per_s": speed * e, "epoch_time_s": speed} for e in
+            range(1, epochs + 1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_bitcheck_digest_ignores_timings_and_sees_one_changed_bit(tmp_path):
+    """The restructuring check compares weights and metrics bit for bit, never wall-clock fields."""
+    from benchmarks.bitcheck import compare, digest
+
+    a = digest(_fake_run(tmp_path / "a", 0.5))
+    assert digest(_fake_run(tmp_path / "b", 0.5, speed=7.0)) == a  # only the timings differ
+    flipped = torch.tensor(0.5).view(torch.int32) ^ 1  # the last mantissa bit
+    c = digest(_fake_run(tmp_path / "c", flipped.view(torch.float32).item()))
+    assert c["last.pt:student"] != a["last.pt:student"] and c["metrics"] == a["metrics"]
+    assert c["last.pt:extras"] == a["last.pt:extras"]
+    d = digest(_fake_run(tmp_path / "d", 0.5, epochs=1))
+    assert d["metrics"] != a["metrics"] and d["epochs"] == "1"
+
+    side = {"fp32": a, "killed": a}
+    assert compare(side, dict(side)) == []
+    assert compare(side, {"fp32": a, "killed": c}) == [
+        f"killed: last.pt:student {a['last.pt:student']} -> {c['last.pt:student']}",
+        f"killed: best.pt:student {a['best.pt:student']} -> {c['best.pt:student']}",
+        "head: killed and resumed differs from the uninterrupted fp32 run"]
+    lines = compare({"fp32": a, "killed": c}, {"fp32": a, "killed": c})
+    assert lines == ["base: killed and resumed differs from the uninterrupted fp32 run",
+                     "head: killed and resumed differs from the uninterrupted fp32 run"]
+    (tmp_path / "e").mkdir()
+    assert "missing" in compare({"r": digest(tmp_path / "e")}, {"r": digest(tmp_path / "e")})[0]
+
+
+def test_bitcheck_refuses_an_unknown_commit_and_an_earlier_check_in_one_line(tmp_path, capsys):
+    assert entry(["bitcheck", "--base", "no-such-commit", "--out", str(tmp_path / "x")]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert "git archive no-such-commit" in err and "give a commit" in err
+    (tmp_path / "y" / "head").mkdir(parents=True)
+    assert entry(["bitcheck", "--base", "HEAD", "--out", str(tmp_path / "y")]) == 2
+    (err,) = capsys.readouterr().err.splitlines()
+    assert "an earlier check" in err and "remove it or pass another --out" in err
