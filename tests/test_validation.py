@@ -367,9 +367,9 @@ def test_protocol_worker_waits_for_held_cells_then_runs_test_seeds(tmp_path, mon
 
 
 def test_protocol_bad_storage_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protocol.py"), "--table", "short",
-                        "--methods", "kd", "--results", str(tmp_path / "r.jsonl"), "--out-dir", str(tmp_path),
-                        "--storage", "ftp://nowhere"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "protocol", "--table", "short", "--methods", "kd",
+                        "--results", str(tmp_path / "r.jsonl"), "--out-dir", str(tmp_path),
+                        "--storage", "ftp://nowhere"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "unknown kind" in r.stderr
 
 
