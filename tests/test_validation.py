@@ -374,7 +374,7 @@ def test_protocol_bad_storage_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["short", "large", "warmup", "bf16", "attention",
-                                  "cross_wrn_40_2_mobilenetv2"])
+                                  "cross_wrn_40_2_mobilenetv2", "cross_wrn_40_2_shufflenetv1"])
 def test_committed_tables_are_what_their_results_give(name):
     """The tables in benchmarks/results are regenerated from the recorded runs, never edited by hand."""
     res = ROOT / "benchmarks" / "results" / f"fmnist_{name}.jsonl"
