@@ -409,7 +409,7 @@ def test_readme_attention_numbers_come_from_the_ablation_table():
     readme = (ROOT / "README.md").read_text()
     para = readme[readme.index("**What the learned attention is worth"):readme.index("## Contents")]
     md = "".join((ROOT / "benchmarks" / "results" / f"fmnist_{t}.md").read_text()
-                 for t in ("attention", "cross_wrn_40_2_mobilenetv2"))
+                 for t in ("attention", "cross_wrn_40_2_mobilenetv2", "cross_wrn_40_2_shufflenetv1"))
     found = re.findall(r"\d+\.\d\d ± \d+\.\d\d", para)
     assert len(found) >= 4
     for cell in found:
