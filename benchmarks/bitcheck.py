@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +50,19 @@ def digest(run: Path) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for ck in ("last.pt", "best.pt"):
-        state = torch.load(run / ck, weights_only=True, map_location="cpu") if (run / ck).is_file() else None
+        if not (run / ck).is_file():
+            out.update({f"{ck}:{key}": "missing" for key in ("student", "extras")})
+            continue
+        state = torch.load(run / ck, weights_only=True, map_location="cpu")
         for key in ("student", "extras"):
             h = hashlib.sha256()
-            for name, t in _tensors(state.get(key) or {}) if state is not None else ():
+            for name, t in _tensors(state.get(key) or {}):
                 h.update(name.encode())
                 h.update(str(t.dtype).encode())
                 h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            out[f"{ck}:{key}"] = h.hexdigest()[:16] if state is not None else "missing"
+            out[f"{ck}:{key}"] = h.hexdigest()[:16]
     metrics = run / "metrics.jsonl"
+    # strict, unlike runfolder.read_jsonl (which skips a line a kill tore): a torn line is a difference
     rows = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
             for line in (metrics.read_text().splitlines() if metrics.is_file() else []) if line.strip()]
     out["metrics"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
@@ -81,17 +86,17 @@ def _tree(rev: str | None, where: Path) -> Path:
     """The source tree of ``rev`` (None: this checkout as it is on disk)."""
     if rev is None:
         return ROOT
-    where.mkdir(parents=True, exist_ok=True)
-    if not (where / "semckd").is_dir():
-        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=False)
-        if archive.returncode:
-            raise ValueError(f"git archive {rev}: {archive.stderr.decode().strip()}; give a commit of this "
-                             "repository")
-        subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=False)
+    if archive.returncode:
+        raise ValueError(f"git archive {rev}: {archive.stderr.decode().strip()}; give a commit of this "
+                         "repository")
+    where.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True)
     return where
 
 
-def run_side(tree: Path, out: Path, epochs: int = 3, log=print) -> dict[str, dict[str, str]]:
+def run_side(tree: Path, out: Path, epochs: int = 3,
+             log: Callable[[str], None] = print) -> dict[str, dict[str, str]]:
     """Train the check's runs with the ``semckd`` of ``tree`` into ``out``; their digests."""
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     teacher = tree / "semckd" / "weights" / "fashion_mnist_resnet20.pt"
@@ -126,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "bitcheck"), help="run folders and trees")
     a = p.parse_args(argv)
     out = Path(a.out)
-    for side in ("base", "head"):
-        if (out / side).exists():  # never train over (or mix in) an earlier check's runs
-            raise ValueError(f"{out / side} exists (an earlier check); remove it or pass another --out")
+    for name in ("base", "head", "base-src", "head-src"):  # never train over an earlier check's runs, nor
+        if (out / name).exists():                           # with a source tree of another commit
+            raise ValueError(f"{out / name} exists (an earlier check); remove it or pass another --out")
     sides = {}
     for side, rev in (("base", a.base), ("head", a.head)):
         tree = _tree(rev, out / f"{side}-src")

@@ -152,7 +152,8 @@ def test_bitcheck_refuses_an_unknown_commit_and_an_earlier_check_in_one_line(tmp
     assert entry(["bitcheck", "--base", "no-such-commit", "--out", str(tmp_path / "x")]) == 2
     (err,) = capsys.readouterr().err.splitlines()
     assert "git archive no-such-commit" in err and "give a commit" in err
-    (tmp_path / "y" / "head").mkdir(parents=True)
-    assert entry(["bitcheck", "--base", "HEAD", "--out", str(tmp_path / "y")]) == 2
-    (err,) = capsys.readouterr().err.splitlines()
-    assert "an earlier check" in err and "remove it or pass another --out" in err
+    for earlier in ("head", "base-src"):  # its runs, or a source tree perhaps of another commit
+        (tmp_path / earlier / earlier).mkdir(parents=True)
+        assert entry(["bitcheck", "--base", "HEAD", "--out", str(tmp_path / earlier)]) == 2
+        (err,) = capsys.readouterr().err.splitlines()
+        assert "an earlier check" in err and "remove it or pass another --out" in err
